@@ -1,0 +1,211 @@
+//! The simulated phone behind test-mode channels (contract §4.3).
+
+use super::App;
+use crate::api::channels::valid_phone;
+use crate::engine::{ReceiptStatus, SandboxAction};
+use crate::error::{ApiError, ApiResult, Code};
+use crate::model::{Principal, Status};
+use crate::pb;
+use crate::sessions::Command;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status as GrpcStatus};
+
+const MAX_TEXT: usize = 65_536;
+
+impl App {
+    pub async fn sandbox_action(
+        &self,
+        p: &Principal,
+        id: &str,
+        action: SandboxAction,
+    ) -> ApiResult<pb::SandboxActionResponse> {
+        let ch = {
+            let client = self.pool.get().await?;
+            crate::store::channels::get_visible(&client, p, id).await?
+        };
+        if ch.engine != "sandbox" {
+            return Err(ApiError::new(
+                Code::NotSandbox,
+                "sandbox actions work on test-mode channels only",
+            ));
+        }
+        let needs = match &action {
+            SandboxAction::Scan { .. } => Status::Qr,
+            _ => Status::Connected,
+        };
+        if ch.status != needs {
+            return Err(ApiError::new(
+                Code::InvalidLifecycleTransition,
+                format!(
+                    "the simulated phone can do that only while the channel is {needs}; it is {}",
+                    ch.status
+                ),
+            )
+            .detail("status", ch.status.as_str()));
+        }
+        let (reply, rx) = oneshot::channel();
+        let delivered = self
+            .node
+            .command(
+                id,
+                Command::Sandbox {
+                    action,
+                    reply: Some(reply),
+                },
+            )
+            .await?;
+        if !delivered {
+            return Err(ApiError::new(
+                Code::NotConnected,
+                "no session is running for this channel",
+            ));
+        }
+        let message_id = match tokio::time::timeout(Duration::from_secs(15), rx).await {
+            Ok(Ok(r)) => r?,
+            Ok(Err(_)) => {
+                return Err(ApiError::new(
+                    Code::NotConnected,
+                    "the session ended before it could act",
+                ));
+            }
+            Err(_) => return Err(ApiError::unavailable("the session did not answer in time")),
+        };
+        let channel = {
+            let client = self.pool.get().await?;
+            crate::store::channels::get_visible(&client, p, id).await?
+        };
+        Ok(pb::SandboxActionResponse {
+            channel: Some(channel.to_pb()),
+            message_id,
+        })
+    }
+}
+
+pub fn scan(r: pb::SandboxScanRequest) -> ApiResult<(String, SandboxAction)> {
+    let phone_number = match r.phone_number.as_str() {
+        "" => None,
+        p if valid_phone(p) => Some(p.to_string()),
+        _ => {
+            return Err(ApiError::invalid(
+                "phone_number",
+                "phone_number must be E.164, e.g. +15551234567",
+            ));
+        }
+    };
+    Ok((r.id, SandboxAction::Scan { phone_number }))
+}
+
+pub fn drop(r: pb::SandboxDropRequest) -> ApiResult<(String, SandboxAction)> {
+    let duration_ms = r.duration_ms.unwrap_or(1_000);
+    if duration_ms > 600_000 {
+        return Err(ApiError::invalid(
+            "duration_ms",
+            "duration_ms is at most 600000",
+        ));
+    }
+    Ok((
+        r.id,
+        SandboxAction::Drop {
+            duration_ms: duration_ms as u64,
+        },
+    ))
+}
+
+pub fn inbound(r: pb::SandboxInboundRequest) -> ApiResult<(String, SandboxAction)> {
+    let group = r.from.strip_suffix("@g.us").is_some_and(|g| {
+        !g.is_empty() && g.len() <= 64 && g.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
+    if !valid_phone(&r.from) && !group {
+        return Err(ApiError::invalid(
+            "from",
+            "from must be E.164 (+15551234567) or a group id (<id>@g.us)",
+        ));
+    }
+    if r.text.is_empty() {
+        return Err(ApiError::invalid("text", "text is required"));
+    }
+    if r.text.len() > MAX_TEXT {
+        return Err(ApiError::invalid(
+            "text",
+            format!("text is longer than {MAX_TEXT} bytes"),
+        ));
+    }
+    Ok((
+        r.id,
+        SandboxAction::Inbound {
+            from: r.from,
+            text: r.text,
+        },
+    ))
+}
+
+pub fn receipt(r: pb::SandboxReceiptRequest) -> ApiResult<(String, SandboxAction)> {
+    if r.message_id.is_empty() || r.message_id.len() > 128 {
+        return Err(ApiError::invalid("message_id", "message_id is required"));
+    }
+    let status = ReceiptStatus::parse(&r.status)
+        .ok_or_else(|| ApiError::invalid("status", "status must be delivered, read or played"))?;
+    Ok((
+        r.id,
+        SandboxAction::Receipt {
+            message_id: r.message_id,
+            status,
+        },
+    ))
+}
+
+pub struct SandboxGrpc(pub Arc<App>);
+
+impl SandboxGrpc {
+    async fn run<T>(
+        &self,
+        r: Request<T>,
+        parse: impl FnOnce(T) -> ApiResult<(String, SandboxAction)>,
+    ) -> Result<Response<pb::SandboxActionResponse>, GrpcStatus> {
+        let p = self.0.authenticate_grpc(&r).await?;
+        let (id, action) = parse(r.into_inner())?;
+        Ok(Response::new(self.0.sandbox_action(&p, &id, action).await?))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::sandbox_service_server::SandboxService for SandboxGrpc {
+    async fn scan(
+        &self,
+        r: Request<pb::SandboxScanRequest>,
+    ) -> Result<Response<pb::SandboxActionResponse>, GrpcStatus> {
+        self.run(r, scan).await
+    }
+    async fn drop(
+        &self,
+        r: Request<pb::SandboxDropRequest>,
+    ) -> Result<Response<pb::SandboxActionResponse>, GrpcStatus> {
+        self.run(r, drop).await
+    }
+    async fn revoke(
+        &self,
+        r: Request<pb::SandboxRevokeRequest>,
+    ) -> Result<Response<pb::SandboxActionResponse>, GrpcStatus> {
+        self.run(r, |r| Ok((r.id, SandboxAction::Revoke))).await
+    }
+    async fn ban(
+        &self,
+        r: Request<pb::SandboxBanRequest>,
+    ) -> Result<Response<pb::SandboxActionResponse>, GrpcStatus> {
+        self.run(r, |r| Ok((r.id, SandboxAction::Ban))).await
+    }
+    async fn inbound(
+        &self,
+        r: Request<pb::SandboxInboundRequest>,
+    ) -> Result<Response<pb::SandboxActionResponse>, GrpcStatus> {
+        self.run(r, inbound).await
+    }
+    async fn receipt(
+        &self,
+        r: Request<pb::SandboxReceiptRequest>,
+    ) -> Result<Response<pb::SandboxActionResponse>, GrpcStatus> {
+        self.run(r, receipt).await
+    }
+}

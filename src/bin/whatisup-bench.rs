@@ -1,0 +1,3 @@
+fn main() {
+    eprintln!("whatisup-bench: see BENCHMARKS.md");
+}

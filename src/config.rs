@@ -1,0 +1,111 @@
+//! Configuration: every setting is a `WHATISUP_*` environment variable (or the matching `--flag`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// PostgreSQL URL; the database is created if missing.
+    #[arg(
+        long,
+        env = "WHATISUP_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/whatisup"
+    )]
+    pub database_url: String,
+    /// Connections in the database pool.
+    #[arg(long, env = "WHATISUP_DATABASE_POOL", default_value_t = 16)]
+    pub database_pool: usize,
+    /// The one port: gRPC, grpc-web, REST, SSE, metrics.
+    #[arg(long, env = "WHATISUP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Base64 of 32 bytes. Seals session keys and webhook secrets. Generated into the data dir when unset.
+    #[arg(long, env = "WHATISUP_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
+    /// Comma-separated older master keys, still accepted for opening what they sealed (rotation).
+    #[arg(long, env = "WHATISUP_MASTER_KEY_PREVIOUS", hide_env_values = true)]
+    pub master_key_previous: Option<String>,
+    #[arg(long, env = "WHATISUP_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "WHATISUP_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    /// This node's name in session leases; random when unset.
+    #[arg(long, env = "WHATISUP_NODE_ID")]
+    pub node_id: Option<String>,
+    /// How long a session lease lasts without renewal; another node resumes the session after it.
+    #[arg(long, env = "WHATISUP_LEASE_TTL_MS", default_value_t = 15_000)]
+    pub lease_ttl_ms: u64,
+    /// How often a node looks for sessions whose owner died.
+    #[arg(long, env = "WHATISUP_LEASE_SCAN_MS", default_value_t = 2_000)]
+    pub lease_scan_ms: u64,
+    /// Most sessions one node runs.
+    #[arg(long, env = "WHATISUP_MAX_SESSIONS", default_value_t = 20_000)]
+    pub max_sessions: usize,
+    /// First reconnect delay; doubles per attempt (with jitter) up to the cap.
+    #[arg(long, env = "WHATISUP_RECONNECT_BASE_MS", default_value_t = 1_000)]
+    pub reconnect_base_ms: u64,
+    #[arg(long, env = "WHATISUP_RECONNECT_MAX_MS", default_value_t = 60_000)]
+    pub reconnect_max_ms: u64,
+    /// Failed reconnect attempts before the channel goes to failed / retries_exhausted.
+    #[arg(long, env = "WHATISUP_RECONNECT_MAX_ATTEMPTS", default_value_t = 12)]
+    pub reconnect_max_attempts: u32,
+    /// Sandbox: how long the simulated handshake takes.
+    #[arg(long, env = "WHATISUP_SANDBOX_CONNECT_MS", default_value_t = 300)]
+    pub sandbox_connect_ms: u64,
+    /// Sandbox: how long each QR code lives before it rotates.
+    #[arg(long, env = "WHATISUP_SANDBOX_QR_TTL_MS", default_value_t = 20_000)]
+    pub sandbox_qr_ttl_ms: u64,
+    /// Sandbox: QR codes shown before the channel falls back to pending / qr_timeout.
+    #[arg(long, env = "WHATISUP_SANDBOX_QR_COUNT", default_value_t = 6)]
+    pub sandbox_qr_count: u32,
+    /// API rate limit per key: bucket size.
+    #[arg(long, env = "WHATISUP_RATE_LIMIT_BURST", default_value_t = 600)]
+    pub rate_limit_burst: u32,
+    /// API rate limit per key: tokens added per second.
+    #[arg(long, env = "WHATISUP_RATE_LIMIT_PER_SEC", default_value_t = 10)]
+    pub rate_limit_per_sec: u32,
+    /// Largest request body accepted.
+    #[arg(long, env = "WHATISUP_MAX_BODY_BYTES", default_value_t = 1_048_576)]
+    pub max_body_bytes: usize,
+    /// Keep-alive comment interval on SSE streams.
+    #[arg(long, env = "WHATISUP_SSE_KEEPALIVE_SECS", default_value_t = 25)]
+    pub sse_keepalive_secs: u64,
+    /// Concurrent event streams (SSE + gRPC) one node serves.
+    #[arg(long, env = "WHATISUP_MAX_STREAMS", default_value_t = 20_000)]
+    pub max_streams: usize,
+    /// Print the bootstrap keys on first start (tests turn it off).
+    #[arg(skip = true)]
+    pub print_bootstrap_keys: bool,
+}
+
+impl Config {
+    /// The defaults, with the environment applied (as `whatisup serve` would see them).
+    pub fn from_env() -> Config {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        <Wrapper as clap::Parser>::parse_from(["whatisup"]).config
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms.max(1_000))
+    }
+
+    pub fn lease_scan(&self) -> Duration {
+        Duration::from_millis(self.lease_scan_ms.max(50))
+    }
+
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "node".to_string());
+            format!("{host}-{}", &ulid::Ulid::new().to_string()[16..])
+        })
+    }
+}

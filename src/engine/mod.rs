@@ -1,0 +1,178 @@
+//! The `Engine` interface: what a WhatsApp implementation gives the session supervisor. Engines emit our own
+//! typed events; no type of the WhatsApp crate crosses this boundary.
+//!
+//! The supervisor owns policy: it persists state, decides reconnects (with backoff), and maps events to channel
+//! statuses. An engine session is one connection attempt; after `Disconnected` the supervisor stops it and, later,
+//! starts a fresh one from the persisted state.
+
+pub mod sandbox;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Transient: the supervisor retries with backoff.
+    #[error("network: {0}")]
+    Network(String),
+    /// The request does not fit the session's state (e.g. a scan with no QR showing).
+    #[error("{0}")]
+    InvalidState(String),
+    #[error("not a sandbox channel")]
+    NotSandbox,
+    #[error("{0}")]
+    Other(String),
+}
+
+pub struct StartRequest {
+    pub channel_id: String,
+    /// The state blob last emitted in `StateChanged`, unsealed. None: a new device (pairing follows).
+    pub state: Option<Vec<u8>>,
+    /// Where the session sends its events, in order.
+    pub events: mpsc::Sender<EngineEvent>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogoutReason {
+    /// Unlinked on the phone.
+    Logout,
+    /// The server invalidated the session (device removed, bad keys).
+    SessionInvalidated,
+    /// Another client took over the session.
+    KickedOtherDevice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailReason {
+    Banned { until: Option<DateTime<Utc>> },
+    ClientOutdated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptStatus {
+    Delivered,
+    Read,
+    Played,
+}
+
+impl ReceiptStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiptStatus::Delivered => "delivered",
+            ReceiptStatus::Read => "read",
+            ReceiptStatus::Played => "played",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ReceiptStatus> {
+        match s {
+            "delivered" => Some(ReceiptStatus::Delivered),
+            "read" => Some(ReceiptStatus::Read),
+            "played" => Some(ReceiptStatus::Played),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct InboundMessage {
+    /// The WhatsApp message id.
+    pub message_id: String,
+    /// E.164 sender or "<id>@g.us".
+    pub from: String,
+    pub timestamp: DateTime<Utc>,
+    /// `message.received` data: type, text, media, ...
+    pub body: Value,
+}
+
+#[derive(Debug)]
+pub enum EngineEvent {
+    /// A QR code to show; a new one replaces it on rotation.
+    Qr {
+        code: String,
+        expires_at: DateTime<Utc>,
+    },
+    /// Every QR code went unscanned.
+    QrExhausted,
+    PairCode {
+        code: String,
+        expires_at: DateTime<Utc>,
+    },
+    /// The phone accepted the pairing; the login handshake follows.
+    Paired {
+        phone_number: String,
+    },
+    /// Persist this (sealed) before acting on later events; a restart starts from it.
+    StateChanged {
+        state: Vec<u8>,
+    },
+    Connected {
+        phone_number: String,
+    },
+    /// Transient loss.
+    Disconnected {
+        detail: String,
+    },
+    /// The session is gone for good; keys must be wiped.
+    LoggedOut {
+        reason: LogoutReason,
+    },
+    /// A person must act.
+    Failed {
+        reason: FailReason,
+    },
+    /// Acknowledge only once committed: the engine acks to WhatsApp after `ack` fires.
+    Inbound {
+        message: InboundMessage,
+        ack: oneshot::Sender<()>,
+    },
+    Receipt {
+        message_id: String,
+        status: ReceiptStatus,
+        at: DateTime<Utc>,
+    },
+}
+
+/// What the sandbox's simulated phone can be made to do (contract §4.3).
+#[derive(Debug, Clone)]
+pub enum SandboxAction {
+    Scan {
+        phone_number: Option<String>,
+    },
+    Drop {
+        duration_ms: u64,
+    },
+    Revoke,
+    Ban,
+    Inbound {
+        from: String,
+        text: String,
+    },
+    Receipt {
+        message_id: String,
+        status: ReceiptStatus,
+    },
+}
+
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// "whatsapp" or "sandbox".
+    fn name(&self) -> &'static str;
+    /// Opens one connection attempt. An `Err(Network)` is retried by the supervisor with backoff.
+    async fn start(&self, req: StartRequest) -> Result<Box<dyn EngineSession>, EngineError>;
+}
+
+#[async_trait]
+pub trait EngineSession: Send + Sync {
+    async fn request_pair_code(&self, phone_number: &str) -> Result<(), EngineError>;
+    /// Unlinks the device from the account.
+    async fn logout(&self) -> Result<(), EngineError>;
+    /// Closes the connection after flushing; emits nothing more.
+    async fn stop(&self);
+    /// Drives the simulated phone. Returns an id where the action creates one (an inbound message).
+    async fn sandbox(&self, _action: SandboxAction) -> Result<Option<String>, EngineError> {
+        Err(EngineError::NotSandbox)
+    }
+}

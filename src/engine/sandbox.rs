@@ -1,0 +1,376 @@
+//! The sandbox engine: a simulated phone for test mode and load tests. No network and no cryptography per
+//! message; it persists its own simulated device keys through the same sealed-state path as the real engine, so a
+//! restart resumes without a scan exactly as a real session does.
+
+use super::{
+    Engine, EngineError, EngineEvent, EngineSession, FailReason, InboundMessage, LogoutReason,
+    SandboxAction, StartRequest,
+};
+use crate::crypto::random_base62;
+use async_trait::async_trait;
+use chrono::Utc;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// How long a simulated handshake takes.
+    pub connect: Duration,
+    /// How long each QR code lives.
+    pub qr_ttl: Duration,
+    /// QR codes shown before giving up.
+    pub qr_count: u32,
+}
+
+/// The simulated device keys: what a restart resumes from.
+#[derive(Serialize, Deserialize)]
+struct Device {
+    v: u8,
+    phone_number: String,
+    device_id: String,
+}
+
+pub struct SandboxEngine {
+    cfg: SandboxConfig,
+    /// Channels whose simulated network is down, until when (a `drop`).
+    down: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl SandboxEngine {
+    pub fn new(cfg: SandboxConfig) -> SandboxEngine {
+        SandboxEngine {
+            cfg,
+            down: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn network_down(&self, channel_id: &str) -> bool {
+        let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        match down.get(channel_id) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                down.remove(channel_id);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for SandboxEngine {
+    fn name(&self) -> &'static str {
+        "sandbox"
+    }
+
+    async fn start(&self, req: StartRequest) -> Result<Box<dyn EngineSession>, EngineError> {
+        if self.network_down(&req.channel_id) {
+            tokio::time::sleep(self.cfg.connect).await;
+            return Err(EngineError::Network("simulated network is down".into()));
+        }
+        let (ctl, rx) = mpsc::channel(16);
+        let stop = CancellationToken::new();
+        let phone = Phone {
+            cfg: self.cfg.clone(),
+            channel_id: req.channel_id,
+            events: req.events,
+            down: self.down.clone(),
+            stop: stop.clone(),
+        };
+        tokio::spawn(phone.run(req.state, rx));
+        Ok(Box::new(SandboxSession { ctl, stop }))
+    }
+}
+
+enum Ctl {
+    Action(SandboxAction),
+    PairCode(String),
+    Logout,
+}
+
+type Reply = oneshot::Sender<Result<Option<String>, EngineError>>;
+
+struct SandboxSession {
+    ctl: mpsc::Sender<(Ctl, Reply)>,
+    stop: CancellationToken,
+}
+
+impl SandboxSession {
+    async fn call(&self, c: Ctl) -> Result<Option<String>, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.ctl
+            .send((c, tx))
+            .await
+            .map_err(|_| EngineError::InvalidState("the session has ended".into()))?;
+        rx.await
+            .map_err(|_| EngineError::InvalidState("the session has ended".into()))?
+    }
+}
+
+#[async_trait]
+impl EngineSession for SandboxSession {
+    async fn request_pair_code(&self, phone_number: &str) -> Result<(), EngineError> {
+        self.call(Ctl::PairCode(phone_number.to_string()))
+            .await
+            .map(|_| ())
+    }
+
+    async fn logout(&self) -> Result<(), EngineError> {
+        self.call(Ctl::Logout).await.map(|_| ())
+    }
+
+    async fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    async fn sandbox(&self, action: SandboxAction) -> Result<Option<String>, EngineError> {
+        self.call(Ctl::Action(action)).await
+    }
+}
+
+struct Phone {
+    cfg: SandboxConfig,
+    channel_id: String,
+    events: mpsc::Sender<EngineEvent>,
+    down: Arc<Mutex<HashMap<String, Instant>>>,
+    stop: CancellationToken,
+}
+
+enum Next {
+    Connected(String),
+    End,
+}
+
+fn random_phone() -> String {
+    format!("+1555{:07}", rand::thread_rng().gen_range(0..10_000_000))
+}
+
+fn pair_code() -> String {
+    const ALPHABET: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTVWXYZ";
+    let mut rng = rand::thread_rng();
+    let mut s: String = (0..8)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect();
+    s.insert(4, '-');
+    s
+}
+
+impl Phone {
+    async fn emit(&self, ev: EngineEvent) -> bool {
+        !self.stop.is_cancelled() && self.events.send(ev).await.is_ok()
+    }
+
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+
+    async fn run(self, state: Option<Vec<u8>>, mut rx: mpsc::Receiver<(Ctl, Reply)>) {
+        let next = match state {
+            Some(blob) => match serde_json::from_slice::<Device>(&blob) {
+                Ok(dev) => {
+                    if !self.pause(self.cfg.connect).await {
+                        return;
+                    }
+                    Next::Connected(dev.phone_number)
+                }
+                Err(_) => {
+                    self.emit(EngineEvent::LoggedOut {
+                        reason: LogoutReason::SessionInvalidated,
+                    })
+                    .await;
+                    Next::End
+                }
+            },
+            None => self.pair(&mut rx).await,
+        };
+        if let Next::Connected(phone) = next
+            && self
+                .emit(EngineEvent::Connected {
+                    phone_number: phone,
+                })
+                .await
+        {
+            self.connected(&mut rx).await;
+        }
+    }
+
+    /// Shows rotating QR codes until the simulated phone scans one (or a pair code is entered).
+    async fn pair(&self, rx: &mut mpsc::Receiver<(Ctl, Reply)>) -> Next {
+        let mut pair_phone: Option<String> = None;
+        for _ in 0..self.cfg.qr_count.max(1) {
+            let code = format!(
+                "2@{},{},{},{}",
+                random_base62(32),
+                random_base62(43),
+                random_base62(43),
+                random_base62(43)
+            );
+            let expires_at =
+                Utc::now() + chrono::Duration::from_std(self.cfg.qr_ttl).unwrap_or_default();
+            if !self.emit(EngineEvent::Qr { code, expires_at }).await {
+                return Next::End;
+            }
+            let deadline = tokio::time::sleep(self.cfg.qr_ttl);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return Next::End,
+                    _ = &mut deadline => break,
+                    msg = rx.recv() => {
+                        let Some((ctl, reply)) = msg else { return Next::End };
+                        match ctl {
+                            Ctl::Action(SandboxAction::Scan { phone_number }) => {
+                                let phone = phone_number.or(pair_phone.take()).unwrap_or_else(random_phone);
+                                let _ = reply.send(Ok(None));
+                                return self.complete_pairing(phone).await;
+                            }
+                            Ctl::PairCode(phone) => {
+                                pair_phone = Some(phone);
+                                let expires_at = Utc::now() + chrono::Duration::from_std(self.cfg.qr_ttl).unwrap_or_default();
+                                let ok = self.emit(EngineEvent::PairCode { code: pair_code(), expires_at }).await;
+                                let _ = reply.send(Ok(None));
+                                if !ok {
+                                    return Next::End;
+                                }
+                            }
+                            Ctl::Logout => {
+                                let _ = reply.send(Ok(None));
+                                return Next::End;
+                            }
+                            Ctl::Action(_) => {
+                                let _ = reply.send(Err(EngineError::InvalidState(
+                                    "the simulated phone is not paired yet: scan first".into(),
+                                )));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.emit(EngineEvent::QrExhausted).await;
+        Next::End
+    }
+
+    async fn complete_pairing(&self, phone: String) -> Next {
+        if !self
+            .emit(EngineEvent::Paired {
+                phone_number: phone.clone(),
+            })
+            .await
+            || !self.pause(self.cfg.connect).await
+        {
+            return Next::End;
+        }
+        let device = Device {
+            v: 1,
+            phone_number: phone.clone(),
+            device_id: random_base62(22),
+        };
+        let state = serde_json::to_vec(&device).unwrap_or_default();
+        if !self.emit(EngineEvent::StateChanged { state }).await {
+            return Next::End;
+        }
+        Next::Connected(phone)
+    }
+
+    async fn connected(&self, rx: &mut mpsc::Receiver<(Ctl, Reply)>) {
+        loop {
+            let (ctl, reply) = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                msg = rx.recv() => match msg { Some(m) => m, None => return },
+            };
+            match ctl {
+                Ctl::Logout => {
+                    let _ = reply.send(Ok(None));
+                    return;
+                }
+                Ctl::PairCode(_) => {
+                    let _ = reply.send(Err(EngineError::InvalidState("already paired".into())));
+                }
+                Ctl::Action(action) => match action {
+                    SandboxAction::Scan { .. } => {
+                        let _ = reply.send(Err(EngineError::InvalidState(
+                            "already paired: nothing to scan".into(),
+                        )));
+                    }
+                    SandboxAction::Drop { duration_ms } => {
+                        let until = Instant::now() + Duration::from_millis(duration_ms);
+                        self.down
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(self.channel_id.clone(), until);
+                        let _ = reply.send(Ok(None));
+                        self.emit(EngineEvent::Disconnected {
+                            detail: "simulated network drop".into(),
+                        })
+                        .await;
+                        return;
+                    }
+                    SandboxAction::Revoke => {
+                        let _ = reply.send(Ok(None));
+                        self.emit(EngineEvent::LoggedOut {
+                            reason: LogoutReason::Logout,
+                        })
+                        .await;
+                        return;
+                    }
+                    SandboxAction::Ban => {
+                        let _ = reply.send(Ok(None));
+                        let until = Some(Utc::now() + chrono::Duration::hours(24));
+                        self.emit(EngineEvent::Failed {
+                            reason: FailReason::Banned { until },
+                        })
+                        .await;
+                        return;
+                    }
+                    SandboxAction::Inbound { from, text } => {
+                        let message_id = format!("3EB0{}", random_base62(16).to_uppercase());
+                        let (ack, acked) = oneshot::channel();
+                        let message = InboundMessage {
+                            message_id: message_id.clone(),
+                            from: from.clone(),
+                            timestamp: Utc::now(),
+                            body: serde_json::json!({"type": "text", "text": text}),
+                        };
+                        if !self.emit(EngineEvent::Inbound { message, ack }).await {
+                            let _ = reply.send(Err(EngineError::InvalidState(
+                                "the session has ended".into(),
+                            )));
+                            return;
+                        }
+                        // Like WhatsApp: the message counts as delivered only once the gateway committed it.
+                        let r = match tokio::time::timeout(Duration::from_secs(10), acked).await {
+                            Ok(Ok(())) => Ok(Some(message_id)),
+                            _ => Err(EngineError::Other(
+                                "the gateway did not commit the message".into(),
+                            )),
+                        };
+                        let _ = reply.send(r);
+                    }
+                    SandboxAction::Receipt { message_id, status } => {
+                        let ok = self
+                            .emit(EngineEvent::Receipt {
+                                message_id,
+                                status,
+                                at: Utc::now(),
+                            })
+                            .await;
+                        let _ = reply.send(if ok {
+                            Ok(None)
+                        } else {
+                            Err(EngineError::InvalidState("the session has ended".into()))
+                        });
+                    }
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! The REST/JSON face, SSE, health and metrics. Handlers are thin: authenticate, parse into the proto request,
+//! call the same `App` method the gRPC face calls, serialise with pbjson (snake_case proto3 JSON).
+
+use crate::api::{App, RateInfo};
+use crate::engine::SandboxAction;
+use crate::error::{ApiError, ApiResult, Code};
+use crate::metrics::GaugeGuard;
+use crate::model::Principal;
+use crate::pb;
+use axum::Json;
+use axum::Router;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, request::Parts};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub struct ReqCtx {
+    request_id: String,
+    rate: Mutex<Option<RateInfo>>,
+}
+
+tokio::task_local! {
+    static CTX: Arc<ReqCtx>;
+}
+
+/// The id of the request being served (for error envelopes and audit records).
+pub fn current_request_id() -> Option<String> {
+    CTX.try_with(|c| c.request_id.clone()).ok()
+}
+
+pub fn set_rate(r: RateInfo) {
+    let _ = CTX.try_with(|c| *c.rate.lock().unwrap_or_else(|e| e.into_inner()) = Some(r));
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let request_id = current_request_id().unwrap_or_else(|| crate::store::new_id("req"));
+        let body = serde_json::json!({
+            "error": {"code": self.code.as_str(), "message": self.message, "details": self.details},
+            "request_id": request_id,
+        });
+        let mut resp = (self.code.http(), Json(body)).into_response();
+        if let Some(s) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            resp.headers_mut().insert("retry-after", v);
+        }
+        resp
+    }
+}
+
+/// Metrics label for a path: ids folded, so the label set stays small.
+fn route_label(path: &str) -> String {
+    if !path.starts_with("/v1/") {
+        return if path.starts_with("/whatisup.") || path.starts_with("/grpc.") {
+            path.to_string()
+        } else {
+            "other".into()
+        };
+    }
+    path.split('/')
+        .map(|seg| {
+            if ["ch_", "key_", "evt_", "msg_"]
+                .iter()
+                .any(|p| seg.starts_with(p))
+            {
+                "{id}"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Request id, rate-limit headers and latency metrics for every request, gRPC included.
+pub async fn context(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let grpc = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    let route = route_label(req.uri().path());
+    let ctx = Arc::new(ReqCtx {
+        request_id: crate::store::new_id("req"),
+        rate: Mutex::new(None),
+    });
+    let mut resp = CTX.scope(ctx.clone(), next.run(req)).await;
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        h.insert("x-request-id", v);
+    }
+    if !grpc {
+        let rate = ctx
+            .rate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(|| app.limiter.idle());
+        h.insert("x-ratelimit-limit", HeaderValue::from(rate.limit));
+        h.insert(
+            "x-ratelimit-remaining",
+            HeaderValue::from(rate.remaining.max(0)),
+        );
+        h.insert("x-ratelimit-reset", HeaderValue::from(rate.reset));
+    }
+    let status = resp.status().as_u16().to_string();
+    app.metrics
+        .http
+        .with_label_values(&[if grpc { "grpc" } else { "http" }, &route, &status])
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// The authenticated caller; runs before the body is read, so a bad key is 401 whatever the body.
+pub struct Auth(pub Principal);
+
+impl FromRequestParts<Arc<App>> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let value = parts
+            .headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or(""));
+        Ok(Auth(app.authenticate(value).await?))
+    }
+}
+
+/// A JSON body parsed into a proto request; errors name the field. An empty body is the empty request.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + Default> FromRequest<Arc<App>> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, ApiError> {
+        let bytes = axum::body::to_bytes(req.into_body(), app.cfg.max_body_bytes)
+            .await
+            .map_err(|e| {
+                let too_large = std::error::Error::source(&e).is_some_and(|s| {
+                    s.is::<http_body_util::LengthLimitError>()
+                        || s.to_string().contains("length limit")
+                });
+                if too_large {
+                    ApiError::new(
+                        Code::PayloadTooLarge,
+                        format!("the body is larger than {} bytes", app.cfg.max_body_bytes),
+                    )
+                } else {
+                    ApiError::invalid("body", "the request body could not be read")
+                }
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(JsonBody(T::default()));
+        }
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.to_string();
+        // An unknown field may be reported at its parent: then name the field itself.
+        let field = match msg
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split('`').next())
+        {
+            _ if inner.is_syntax() || inner.is_eof() => "body".to_string(),
+            Some(f) if path == "." => f.to_string(),
+            _ if path == "." => "body".to_string(),
+            _ => path,
+        };
+        let msg = if inner.is_syntax() || inner.is_eof() {
+            format!("malformed JSON: {msg}")
+        } else {
+            msg
+        };
+        ApiError::invalid(&field, msg)
+    })
+}
+
+/// pbjson leaves unset optional fields out; the contract shows them as null.
+const CHANNEL_NULLABLE: &[&str] = &[
+    "status_reason",
+    "phone_number",
+    "last_connected_at",
+    "deleted_at",
+];
+const KEY_NULLABLE: &[&str] = &["channel_id", "expires_at", "last_used_at"];
+
+fn with_nulls(mut v: serde_json::Value, fields: &[&str]) -> serde_json::Value {
+    if let serde_json::Value::Object(m) = &mut v {
+        for f in fields {
+            m.entry(f.to_string()).or_insert(serde_json::Value::Null);
+        }
+    }
+    v
+}
+
+fn to_value<T: serde::Serialize>(msg: &T) -> serde_json::Value {
+    serde_json::to_value(msg).unwrap_or(serde_json::Value::Null)
+}
+
+fn channel_json(c: &pb::Channel) -> serde_json::Value {
+    with_nulls(to_value(c), CHANNEL_NULLABLE)
+}
+
+fn key_json(k: &pb::ApiKey) -> serde_json::Value {
+    with_nulls(to_value(k), KEY_NULLABLE)
+}
+
+type Out = Json<serde_json::Value>;
+
+type Q = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
+
+fn query(q: Q) -> ApiResult<HashMap<String, String>> {
+    q.map(|Query(m)| m)
+        .map_err(|_| ApiError::invalid("query", "malformed query string"))
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/channels", post(create_channel).get(list_channels))
+        .route("/v1/channels/{id}", get(get_channel).delete(delete_channel))
+        .route("/v1/channels/{id}/connect", post(connect_channel))
+        .route("/v1/channels/{id}/logout", post(logout_channel))
+        .route("/v1/channels/{id}/qr", get(get_qr))
+        .route("/v1/channels/{id}/pair-code", post(pair_code))
+        .route("/v1/channels/{id}/sandbox/{action}", post(sandbox))
+        .route("/v1/events", get(events))
+        .route("/v1/api-keys", post(create_key).get(list_keys))
+        .route("/v1/api-keys/{id}", axum::routing::delete(delete_key))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(|| async {
+            let mut e = ApiError::new(Code::InvalidRequest, "method not allowed on this path");
+            e.details.insert("field".into(), "method".into());
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                e.into_response().into_body(),
+            )
+        })
+        .with_state(app)
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(Code::NotFound, "no such route")
+}
+
+async fn create_channel(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    JsonBody(req): JsonBody<pb::CreateChannelRequest>,
+) -> ApiResult<(StatusCode, Out)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(channel_json(&app.create_channel(&p, req).await?)),
+    ))
+}
+
+async fn list_channels(State(app): State<Arc<App>>, Auth(p): Auth, q: Q) -> ApiResult<Out> {
+    let q = query(q)?;
+    let limit = match q.get("limit") {
+        None => 0,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| ApiError::invalid("limit", "limit must be between 1 and 100"))?,
+    };
+    let req = pb::ListChannelsRequest {
+        limit,
+        cursor: q.get("cursor").cloned().unwrap_or_default(),
+        status: q.get("status").cloned().unwrap_or_default(),
+    };
+    let list = app.list_channels(&p, req).await?;
+    Ok(Json(serde_json::json!({
+        "data": list.data.iter().map(channel_json).collect::<Vec<_>>(),
+        "next_cursor": list.next_cursor,
+    })))
+}
+
+async fn get_channel(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Out> {
+    Ok(Json(channel_json(&app.get_channel(&p, &id).await?)))
+}
+
+async fn delete_channel(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Out> {
+    Ok(Json(channel_json(&app.delete_channel(&p, &id).await?)))
+}
+
+async fn connect_channel(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Out)> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(channel_json(&app.connect_channel(&p, &id).await?)),
+    ))
+}
+
+async fn logout_channel(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Out)> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(channel_json(&app.logout_channel(&p, &id).await?)),
+    ))
+}
+
+async fn get_qr(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    q: Q,
+) -> ApiResult<Json<pb::GetQrResponse>> {
+    let q = query(q)?;
+    let wait = match q.get("wait") {
+        None => None,
+        Some(w) => Some(
+            w.parse::<u32>()
+                .map_err(|_| ApiError::invalid("wait", "wait is a number of seconds (0 to 30)"))?,
+        ),
+    };
+    Ok(Json(app.get_qr(&p, pb::GetQrRequest { id, wait }).await?))
+}
+
+async fn pair_code(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    JsonBody(mut req): JsonBody<pb::RequestPairCodeRequest>,
+) -> ApiResult<Json<pb::PairCodeResponse>> {
+    req.id = id;
+    Ok(Json(app.request_pair_code(&p, req).await?))
+}
+
+async fn sandbox(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path((id, action)): Path<(String, String)>,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> ApiResult<Out> {
+    use crate::api::sandbox as sb;
+    let bytes = serde_json::to_vec(&body).map_err(ApiError::internal)?;
+    let bytes: &[u8] = if body.is_null() { b"{}" } else { &bytes };
+    let (_, action): (String, SandboxAction) = match action.as_str() {
+        "scan" => sb::scan(parse_json(bytes)?)?,
+        "drop" => sb::drop(parse_json(bytes)?)?,
+        "revoke" => (id.clone(), {
+            parse_json::<pb::SandboxRevokeRequest>(bytes)?;
+            SandboxAction::Revoke
+        }),
+        "ban" => (id.clone(), {
+            parse_json::<pb::SandboxBanRequest>(bytes)?;
+            SandboxAction::Ban
+        }),
+        "inbound" => sb::inbound(parse_json(bytes)?)?,
+        "receipt" => sb::receipt(parse_json(bytes)?)?,
+        other => {
+            return Err(ApiError::new(
+                Code::NotFound,
+                format!(
+                    "no sandbox action \"{other}\"; try scan, drop, revoke, ban, inbound or receipt"
+                ),
+            ));
+        }
+    };
+    let r = app.sandbox_action(&p, &id, action).await?;
+    Ok(Json(serde_json::json!({
+        "channel": r.channel.as_ref().map(channel_json),
+        "message_id": r.message_id,
+    })))
+}
+
+async fn create_key(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    JsonBody(req): JsonBody<pb::CreateApiKeyRequest>,
+) -> ApiResult<(StatusCode, Out)> {
+    let r = app.create_api_key(&p, req).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"api_key": r.api_key.as_ref().map(key_json), "secret": r.secret})),
+    ))
+}
+
+async fn list_keys(State(app): State<Arc<App>>, Auth(p): Auth) -> ApiResult<Out> {
+    let r = app.list_api_keys(&p).await?;
+    Ok(Json(
+        serde_json::json!({"data": r.data.iter().map(key_json).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn delete_key(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Out> {
+    Ok(Json(key_json(&app.delete_api_key(&p, &id).await?)))
+}
+
+/// Ends every open stream at shutdown, so the server can drain.
+#[derive(Clone)]
+pub struct Stopping(pub CancellationToken);
+
+async fn events(
+    State(app): State<Arc<App>>,
+    axum::Extension(stopping): axum::Extension<Stopping>,
+    headers: HeaderMap,
+    q: Q,
+) -> ApiResult<Response> {
+    let q = query(q)?;
+    // EventSource cannot set headers: the key may come as ?token=.
+    let p = match (headers.get("authorization"), q.get("token")) {
+        (Some(h), _) => app.authenticate(Some(h.to_str().unwrap_or(""))).await?,
+        (None, Some(t)) => app.authenticate_token(t).await?,
+        (None, None) => app.authenticate(None).await?,
+    };
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| q.get("last_event_id").cloned());
+    let events: Vec<String> = q.get("events").map(|e| vec![e.clone()]).unwrap_or_default();
+    let channel = q.get("channel_id").cloned().unwrap_or_default();
+    let (sub, slot) = app
+        .open_stream(&p, &channel, events, after.as_deref())
+        .await?;
+    let guard = GaugeGuard::new(app.metrics.subscribers.with_label_values(&["sse"]));
+    let stop = stopping.0.clone();
+    let stream = futures::stream::unfold(
+        (sub, slot, guard, false),
+        move |(mut sub, slot, guard, done)| {
+            let stop = stop.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                let item = tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    item = sub.next() => item?,
+                };
+                let (frame, done) = match item {
+                Ok(e) => (SseEvent::default().id(e.id.to_string()).event(e.event.as_str()).data(e.json.as_str()), false),
+                Err(err) => (
+                    SseEvent::default().event("error").data(serde_json::json!({"error": {"code": err.code.as_str(), "message": err.message}}).to_string()),
+                    true,
+                ),
+            };
+                Some((Ok::<_, Infallible>(frame), (sub, slot, guard, done)))
+            }
+        },
+    );
+    let keepalive =
+        KeepAlive::new().interval(Duration::from_secs(app.cfg.sse_keepalive_secs.max(1)));
+    Ok(Sse::new(stream).keep_alive(keepalive).into_response())
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let ok = match app.pool.get().await {
+        Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    };
+    if ok {
+        (
+            StatusCode::OK,
+            Json(serde_json::json!({"status": "ready", "node_id": app.node.id})),
+        )
+            .into_response()
+    } else {
+        ApiError::unavailable("database unavailable").into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    if let Ok(c) = app.pool.get().await
+        && let Ok(rows) = crate::store::channels::count_by_status(&c).await
+    {
+        app.metrics.channels.reset();
+        for s in crate::model::Status::ALL {
+            app.metrics.channels.with_label_values(&[s.as_str()]).set(0);
+        }
+        for (status, n) in rows {
+            app.metrics.channels.with_label_values(&[&status]).set(n);
+        }
+    }
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let e = parse_json::<pb::CreateChannelRequest>(br#"{"name": 5}"#).unwrap_err();
+        assert_eq!(e.details["field"], "name");
+        let e = parse_json::<pb::CreateChannelRequest>(br#"{"name": "a", "colour": "red"}"#)
+            .unwrap_err();
+        assert_eq!(e.details["field"], "colour");
+        let e = parse_json::<pb::CreateChannelRequest>(br#"{"name": "a""#).unwrap_err();
+        assert!(e.message.starts_with("malformed JSON"), "{}", e.message);
+        let e = parse_json::<pb::CreateChannelRequest>(b"[1]").unwrap_err();
+        assert_eq!(e.details["field"], "body");
+        let ok = parse_json::<pb::CreateChannelRequest>(
+            br#"{"name": "a", "metadata": {"k": [1, "x"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.name, "a");
+    }
+
+    #[test]
+    fn route_labels_fold_ids() {
+        assert_eq!(
+            route_label("/v1/channels/ch_01ABC/qr"),
+            "/v1/channels/{id}/qr"
+        );
+        assert_eq!(
+            route_label("/whatisup.v1.ChannelService/GetChannel"),
+            "/whatisup.v1.ChannelService/GetChannel"
+        );
+        assert_eq!(route_label("/favicon.ico"), "other");
+    }
+}

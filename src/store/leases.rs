@@ -1,0 +1,104 @@
+//! Session leases: which node runs which session, until when, under which fencing token.
+
+use deadpool_postgres::GenericClient;
+use std::time::Duration;
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    ttl.as_millis() as i64
+}
+
+/// Claims the leases of `channel_ids` that are free, expired or already ours; returns (channel_id, token) for
+/// each claimed. The token grows with every claim, so an old owner's writes are refused.
+pub async fn claim(
+    db: &impl GenericClient,
+    node_id: &str,
+    channel_ids: &[String],
+    ttl: Duration,
+) -> Result<Vec<(String, i64)>, tokio_postgres::Error> {
+    if channel_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = db
+        .query(
+            "INSERT INTO session_leases (channel_id, node_id, token, expires_at)
+             SELECT id, $2, 1, now() + make_interval(secs => $3::bigint / 1000.0)
+               FROM unnest($1::text[]) AS id
+             ON CONFLICT (channel_id) DO UPDATE
+                SET node_id = EXCLUDED.node_id, token = session_leases.token + 1, expires_at = EXCLUDED.expires_at
+              WHERE session_leases.expires_at < now() OR session_leases.node_id = EXCLUDED.node_id
+             RETURNING channel_id, token",
+            &[&channel_ids, &node_id, &ttl_ms(ttl)],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Extends every lease this node holds; returns what it still holds.
+pub async fn renew(
+    db: &impl GenericClient,
+    node_id: &str,
+    ttl: Duration,
+) -> Result<Vec<(String, i64)>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "UPDATE session_leases SET expires_at = now() + make_interval(secs => $2::bigint / 1000.0)
+              WHERE node_id = $1 RETURNING channel_id, token",
+            &[&node_id, &ttl_ms(ttl)],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+pub async fn release(
+    db: &impl GenericClient,
+    channel_id: &str,
+    node_id: &str,
+    token: i64,
+) -> Result<(), tokio_postgres::Error> {
+    db.execute(
+        "DELETE FROM session_leases WHERE channel_id = $1 AND node_id = $2 AND token = $3",
+        &[&channel_id, &node_id, &token],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn release_all(
+    db: &impl GenericClient,
+    node_id: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    db.execute("DELETE FROM session_leases WHERE node_id = $1", &[&node_id])
+        .await
+}
+
+/// The live owner of a channel's session, if any.
+pub async fn owner(
+    db: &impl GenericClient,
+    channel_id: &str,
+) -> Result<Option<(String, i64)>, tokio_postgres::Error> {
+    Ok(db
+        .query_opt(
+            "SELECT node_id, token FROM session_leases WHERE channel_id = $1 AND expires_at > now()",
+            &[&channel_id],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+/// Channels that should be running (active status) but whose lease is missing or expired.
+pub async fn orphans(
+    db: &impl GenericClient,
+    engines: &[&str],
+    limit: i64,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "SELECT c.id FROM channels c LEFT JOIN session_leases l ON l.channel_id = c.id
+              WHERE c.deleted_at IS NULL AND c.status IN ('qr', 'connecting', 'connected', 'reconnecting')
+                AND c.engine = ANY($1) AND (l.channel_id IS NULL OR l.expires_at < now())
+              ORDER BY c.id LIMIT $2",
+            &[&engines, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}

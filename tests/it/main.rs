@@ -1,0 +1,9 @@
+//! Black-box tests against real gateways, a real PostgreSQL and real HTTP/SSE/gRPC clients.
+
+mod auth;
+mod cluster;
+mod grpc;
+mod input;
+mod lifecycle;
+mod restart;
+mod util;
