@@ -1,3 +1,830 @@
-fn main() {
-    eprintln!("whatisup-bench: see BENCHMARKS.md");
+//! whatisup-bench: the benchmarks behind BENCHMARKS.md. Each scenario runs against real gateway processes (the
+//! `whatisup` binary next to this one) and the local PostgreSQL, in a fresh database it drops afterwards.
+//!
+//!   whatisup-bench sessions [--channels 10000]
+//!   whatisup-bench fanout [--seconds 20] [--rate 1000]
+//!   whatisup-bench fanout-scale [--seconds 10] [--rate 1000] [--steps 10,50,100,200,400]
+//!   whatisup-bench journal [--seconds 10]
+//!
+//! Every scenario stops by itself; all traffic goes to 127.0.0.1.
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+fn arg(args: &[String], name: &str, default: &str) -> String {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn pg_base() -> String {
+    std::env::var("WHATISUP_BENCH_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+struct BenchDb {
+    name: String,
+    url: String,
+}
+
+impl BenchDb {
+    fn new() -> BenchDb {
+        let name = format!(
+            "whatisup_bench_{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        );
+        BenchDb {
+            url: format!("{}/{}", pg_base(), name),
+            name,
+        }
+    }
+
+    async fn client(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let (c, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(c)
+    }
+
+    async fn drop_db(&self) {
+        if let Ok((c, conn)) =
+            tokio_postgres::connect(&format!("{}/postgres", pg_base()), tokio_postgres::NoTls).await
+        {
+            tokio::spawn(conn);
+            let _ = c
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    self.name
+                ))
+                .await;
+        }
+    }
+}
+
+struct Gateway {
+    child: tokio::process::Child,
+    base: String,
+    test_key: Option<String>,
+}
+
+impl Gateway {
+    async fn spawn(db: &BenchDb, extra: &[(&str, &str)]) -> anyhow::Result<Gateway> {
+        let exe = std::env::current_exe()?.with_file_name("whatisup");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.arg("serve")
+            .env("WHATISUP_DATABASE_URL", &db.url)
+            .env("WHATISUP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("WHATISUP_MASTER_KEY", MASTER_KEY)
+            .env(
+                "WHATISUP_DATA_DIR",
+                std::env::temp_dir().join("whatisup-bench"),
+            )
+            .env("WHATISUP_NODE_ID", "bench-node")
+            .env("WHATISUP_RATE_LIMIT_BURST", "100000000")
+            .env("WHATISUP_RATE_LIMIT_PER_SEC", "100000000")
+            .env("WHATISUP_SANDBOX_CONNECT_MS", "0")
+            .env("WHATISUP_SANDBOX_QR_TTL_MS", "60000")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                let _ = tx.send(l);
+            }
+        });
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = reqwest::get(format!("{base}/readyz")).await
+                && r.status() == 200
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("gateway did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut test_key = None;
+        while let Ok(l) = rx.try_recv() {
+            if let Some(k) = l.trim().strip_prefix("test key: ") {
+                test_key = k.split_whitespace().next().map(str::to_string);
+            }
+        }
+        Ok(Gateway {
+            child,
+            base,
+            test_key,
+        })
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let Some(pid) = self.child.id() else { return 0 };
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    async fn terminate(mut self) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        if let Some(pid) = self.child.id() {
+            std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()?;
+        }
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
+        Ok(t.elapsed())
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .expect("http client")
+}
+
+async fn post(
+    c: &reqwest::Client,
+    url: String,
+    key: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let r = c.post(url).bearer_auth(key).json(&body).send().await?;
+    let s = r.status();
+    let v: serde_json::Value = r.json().await?;
+    if !s.is_success() {
+        bail!("{s}: {v}");
+    }
+    Ok(v)
+}
+
+async fn count_connected(pg: &tokio_postgres::Client) -> anyhow::Result<i64> {
+    Ok(pg
+        .query_one(
+            "SELECT count(*) FROM channels WHERE status = 'connected'",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// Creates `n` channels and pairs them (create, QR, scan), `conc` at a time. Returns their ids.
+async fn connect_channels(
+    gw: &Gateway,
+    key: &str,
+    n: usize,
+    conc: usize,
+) -> anyhow::Result<Vec<String>> {
+    let c = http();
+    let base = gw.base.clone();
+    let ids: Vec<anyhow::Result<String>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let (c, base, key) = (c.clone(), base.clone(), key.to_string());
+            async move {
+                let ch = post(
+                    &c,
+                    format!("{base}/v1/channels"),
+                    &key,
+                    serde_json::json!({"name": format!("bench-{i}")}),
+                )
+                .await?;
+                let id = ch["id"].as_str().context("id")?.to_string();
+                let qr = c
+                    .get(format!("{base}/v1/channels/{id}/qr?wait=30"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await?;
+                if !qr.status().is_success() {
+                    bail!("qr: {}", qr.text().await?);
+                }
+                post(
+                    &c,
+                    format!("{base}/v1/channels/{id}/sandbox/scan"),
+                    &key,
+                    serde_json::json!({}),
+                )
+                .await?;
+                Ok(id)
+            }
+        })
+        .buffer_unordered(conc)
+        .collect()
+        .await;
+    ids.into_iter().collect()
+}
+
+async fn wait_connected(
+    pg: &tokio_postgres::Client,
+    n: i64,
+    limit: Duration,
+) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    while count_connected(pg).await? < n {
+        if t.elapsed() > limit {
+            bail!(
+                "only {} of {n} connected after {limit:?}",
+                count_connected(pg).await?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(t.elapsed())
+}
+
+async fn sessions(args: &[String]) -> anyhow::Result<()> {
+    let n: usize = arg(args, "--channels", "10000").parse()?;
+    let db = BenchDb::new();
+    let gw = Gateway::spawn(&db, &[]).await?;
+    let key = gw.test_key.clone().context("bootstrap key")?;
+    let pg = db.client().await?;
+    // Warm up (pools, allocator) with a few channels, then take the baseline.
+    connect_channels(&gw, &key, 50, 16).await?;
+    wait_connected(&pg, 50, Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss0 = gw.rss_kib();
+
+    let t = Instant::now();
+    connect_channels(&gw, &key, n, 64).await?;
+    wait_connected(&pg, (n + 50) as i64, Duration::from_secs(600)).await?;
+    let connect_time = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss1 = gw.rss_kib();
+    let per = (rss1.saturating_sub(rss0)) as f64 * 1024.0 / n as f64;
+    println!(
+        "sessions: {n} sandbox channels created, paired and connected through the API (64 concurrent clients) in {:.2} s ({:.0} channels/s)",
+        connect_time.as_secs_f64(),
+        n as f64 / connect_time.as_secs_f64()
+    );
+    println!(
+        "sessions: gateway RSS {:.1} MiB with 50 channels, {:.1} MiB with {} connected: {:.1} KiB per connected channel",
+        rss0 as f64 / 1024.0,
+        rss1 as f64 / 1024.0,
+        n + 50,
+        per / 1024.0
+    );
+
+    let stop = gw.terminate().await?;
+    println!(
+        "sessions: graceful shutdown (SIGTERM → exit, leases released) took {:.2} s",
+        stop.as_secs_f64()
+    );
+    let t = Instant::now();
+    let gw2 = Gateway::spawn(&db, &[]).await?;
+    let ready = t.elapsed();
+    let all = ready + wait_connected(&pg, (n + 50) as i64, Duration::from_secs(600)).await?;
+    println!(
+        "sessions: restart → all {} connected again in {:.2} s (process start to ready {:.2} s), no new scan",
+        n + 50,
+        all.as_secs_f64(),
+        ready.as_secs_f64()
+    );
+    let qr: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM events WHERE event = 'qr.updated'",
+            &[],
+        )
+        .await?
+        .get(0);
+    println!("sessions: qr.updated events in the whole run: {qr} (one per pairing)");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "sessions: RSS after the restart with {} connected: {:.1} MiB",
+        n + 50,
+        gw2.rss_kib() as f64 / 1024.0
+    );
+    drop(gw2);
+    drop(pg);
+    db.drop_db().await;
+    Ok(())
+}
+
+/// Latencies in microseconds.
+#[derive(Default)]
+struct Lat(Vec<u32>);
+
+impl Lat {
+    fn pct(&mut self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return f64::NAN;
+        }
+        self.0.sort_unstable();
+        let i = ((self.0.len() as f64 - 1.0) * p).round() as usize;
+        self.0[i] as f64 / 1000.0
+    }
+}
+
+/// Reads `"occurred_at":"…"` out of an envelope without parsing the whole JSON.
+fn latency_us(data: &str, now: chrono::DateTime<chrono::Utc>) -> Option<u32> {
+    let i = data.find("\"occurred_at\":\"")? + 15;
+    let t = chrono::DateTime::parse_from_rfc3339(data.get(i..i + 24)?).ok()?;
+    Some(
+        (now - t.with_timezone(&chrono::Utc))
+            .num_microseconds()?
+            .max(0) as u32,
+    )
+}
+
+struct Counter {
+    got: AtomicU64,
+    lat: std::sync::Mutex<Lat>,
+}
+
+/// An SSE subscriber that counts message.received frames and records their latency.
+async fn sse_subscriber(
+    base: String,
+    key: String,
+    query: String,
+    counter: Arc<Counter>,
+) -> anyhow::Result<()> {
+    let resp = reqwest::Client::new()
+        .get(format!("{base}/v1/events?{query}"))
+        .bearer_auth(&key)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("sse: {}", resp.status());
+    }
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut lats = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk?));
+        let now = chrono::Utc::now();
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            if block.contains("event: message.received")
+                && let Some(l) = latency_us(&block, now)
+            {
+                lats.push(l);
+                counter.got.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if lats.len() >= 256 {
+            counter
+                .lat
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .0
+                .append(&mut lats);
+        }
+    }
+    counter
+        .lat
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .0
+        .append(&mut lats);
+    Ok(())
+}
+
+async fn grpc_subscriber(
+    channel: tonic::transport::Channel,
+    key: String,
+    channel_id: String,
+    counter: Arc<Counter>,
+) -> anyhow::Result<()> {
+    let mut client = whatisup::pb::event_service_client::EventServiceClient::new(channel);
+    let mut req = tonic::Request::new(whatisup::pb::StreamEventsRequest {
+        channel_id,
+        events: vec![],
+        after_cursor: String::new(),
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse()?);
+    let mut stream = client.stream_events(req).await?.into_inner();
+    while let Some(m) = stream.message().await? {
+        let Some(e) = m.event else { continue };
+        if e.event != "message.received" {
+            continue;
+        }
+        let now = chrono::Utc::now();
+        if let Some(t) = e.occurred_at.and_then(|t| t.to_datetime()) {
+            let us = (now - t).num_microseconds().unwrap_or(0).max(0) as u32;
+            counter
+                .lat
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .0
+                .push(us);
+        }
+        counter.got.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Produces `rate` inbound messages per second for `secs` seconds across `ids`; returns how many were committed.
+async fn produce(
+    base: &str,
+    key: &str,
+    ids: &[String],
+    rate: u64,
+    secs: u64,
+) -> anyhow::Result<(u64, HashMap<String, u64>)> {
+    let c = http();
+    let total = rate * secs;
+    let sem = Arc::new(tokio::sync::Semaphore::new(512));
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    let mut per: HashMap<String, u64> = HashMap::new();
+    for i in 0..total {
+        tokio::time::sleep_until(start + Duration::from_micros(i * 1_000_000 / rate)).await;
+        let id = ids[(i as usize * 7919) % ids.len()].clone();
+        *per.entry(id.clone()).or_default() += 1;
+        let permit = sem.clone().acquire_owned().await?;
+        let (c, url, key) = (
+            c.clone(),
+            format!("{base}/v1/channels/{id}/sandbox/inbound"),
+            key.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = post(
+                &c,
+                url,
+                &key,
+                serde_json::json!({"from": "+15550001111", "text": "benchmark"}),
+            )
+            .await;
+            drop(permit);
+            r.is_ok()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap_or(false) {
+            ok += 1;
+        }
+    }
+    let took = start.elapsed();
+    if took > Duration::from_secs(secs) + Duration::from_secs(2) {
+        eprintln!(
+            "note: the producer fell behind: {total} messages took {:.1} s",
+            took.as_secs_f64()
+        );
+    }
+    Ok((ok, per))
+}
+
+async fn fanout(args: &[String]) -> anyhow::Result<()> {
+    let secs: u64 = arg(args, "--seconds", "20").parse()?;
+    let rate: u64 = arg(args, "--rate", "1000").parse()?;
+    let (n_sse, n_grpc, n_all) = (1000usize, 100usize, 10usize);
+    let db = BenchDb::new();
+    let gw = Gateway::spawn(&db, &[]).await?;
+    let key = gw.test_key.clone().context("bootstrap key")?;
+    let pg = db.client().await?;
+    let ids = connect_channels(&gw, &key, n_sse + n_grpc, 64).await?;
+    wait_connected(&pg, ids.len() as i64, Duration::from_secs(120)).await?;
+
+    let mut per_sub: Vec<(Option<String>, Arc<Counter>)> = Vec::new();
+    let mut tasks = Vec::new();
+    let new_counter = || {
+        Arc::new(Counter {
+            got: AtomicU64::new(0),
+            lat: std::sync::Mutex::new(Lat::default()),
+        })
+    };
+    for id in &ids[..n_sse] {
+        let c = new_counter();
+        per_sub.push((Some(id.clone()), c.clone()));
+        tasks.push(tokio::spawn(sse_subscriber(
+            gw.base.clone(),
+            key.clone(),
+            format!("channel_id={id}"),
+            c,
+        )));
+    }
+    let mut grpc_channels = Vec::new();
+    for _ in 0..10 {
+        grpc_channels.push(
+            tonic::transport::Endpoint::from_shared(gw.base.clone())?
+                .connect()
+                .await?,
+        );
+    }
+    for (i, id) in ids[n_sse..].iter().enumerate() {
+        let c = new_counter();
+        per_sub.push((Some(id.clone()), c.clone()));
+        tasks.push(tokio::spawn(grpc_subscriber(
+            grpc_channels[i % 10].clone(),
+            key.clone(),
+            id.clone(),
+            c,
+        )));
+    }
+    for _ in 0..n_all {
+        let c = new_counter();
+        per_sub.push((None, c.clone()));
+        tasks.push(tokio::spawn(sse_subscriber(
+            gw.base.clone(),
+            key.clone(),
+            String::new(),
+            c,
+        )));
+    }
+    // Every subscriber connected before production starts.
+    let want_subs = (n_sse + n_grpc + n_all) as f64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = reqwest::get(format!("{}/metrics", gw.base))
+            .await?
+            .text()
+            .await?;
+        let open: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("whatisup_stream_subscribers{"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .sum();
+        if open >= want_subs {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {open} subscribers connected");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (ok, per) = produce(&gw.base, &key, &ids, rate, secs).await?;
+    // Wait for the last deliveries.
+    let expected_total: u64 = per_sub
+        .iter()
+        .map(|(ch, _)| match ch {
+            Some(id) => per.get(id).copied().unwrap_or(0),
+            None => ok,
+        })
+        .sum();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: u64 = per_sub
+            .iter()
+            .map(|(_, c)| c.got.load(Ordering::Relaxed))
+            .sum();
+        if got >= expected_total || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut missing = 0u64;
+    let (mut lat_sse, mut lat_grpc, mut lat_all) = (Lat::default(), Lat::default(), Lat::default());
+    for (i, (ch, c)) in per_sub.iter().enumerate() {
+        let want = match ch {
+            Some(id) => per.get(id).copied().unwrap_or(0),
+            None => ok,
+        };
+        missing += want.saturating_sub(c.got.load(Ordering::Relaxed));
+        let mut l = std::mem::take(&mut c.lat.lock().unwrap_or_else(|e| e.into_inner()).0);
+        if i < n_sse {
+            lat_sse.0.append(&mut l);
+        } else if i < n_sse + n_grpc {
+            lat_grpc.0.append(&mut l);
+        } else {
+            lat_all.0.append(&mut l);
+        }
+    }
+    println!(
+        "fanout: {n_sse} SSE + {n_grpc} gRPC subscribers on one channel each, {n_all} SSE subscribers on all channels; {ok} of {} inbound messages committed at {rate}/s for {secs} s",
+        rate * secs
+    );
+    let deliveries = lat_sse.0.len() + lat_grpc.0.len() + lat_all.0.len();
+    println!("fanout: {deliveries} deliveries, {missing} missing");
+    for (name, l) in [
+        ("per-channel SSE", &mut lat_sse),
+        ("per-channel gRPC", &mut lat_grpc),
+        ("all-channel SSE", &mut lat_all),
+    ] {
+        let n = l.0.len();
+        println!(
+            "fanout: {name:16} commit→client p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({n} deliveries)",
+            l.pct(0.5),
+            l.pct(0.99),
+            l.pct(1.0)
+        );
+    }
+    drop(gw);
+    drop(pg);
+    db.drop_db().await;
+    Ok(())
+}
+
+async fn fanout_scale(args: &[String]) -> anyhow::Result<()> {
+    let secs: u64 = arg(args, "--seconds", "10").parse()?;
+    let rate: u64 = arg(args, "--rate", "1000").parse()?;
+    let steps: Vec<usize> = arg(args, "--steps", "10,50,100,200,400")
+        .split(',')
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let db = BenchDb::new();
+    let gw = Gateway::spawn(&db, &[]).await?;
+    let key = gw.test_key.clone().context("bootstrap key")?;
+    let pg = db.client().await?;
+    let ids = connect_channels(&gw, &key, 100, 32).await?;
+    wait_connected(&pg, ids.len() as i64, Duration::from_secs(60)).await?;
+    for n in steps {
+        let counters: Vec<Arc<Counter>> = (0..n)
+            .map(|_| {
+                Arc::new(Counter {
+                    got: AtomicU64::new(0),
+                    lat: std::sync::Mutex::new(Lat::default()),
+                })
+            })
+            .collect();
+        let tasks: Vec<_> = counters
+            .iter()
+            .map(|c| {
+                tokio::spawn(sse_subscriber(
+                    gw.base.clone(),
+                    key.clone(),
+                    String::new(),
+                    c.clone(),
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (ok, _) = produce(&gw.base, &key, &ids, rate, secs).await?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while counters
+            .iter()
+            .map(|c| c.got.load(Ordering::Relaxed))
+            .sum::<u64>()
+            < ok * n as u64
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for t in &tasks {
+            t.abort();
+        }
+        let got: u64 = counters.iter().map(|c| c.got.load(Ordering::Relaxed)).sum();
+        let mut lat = Lat::default();
+        for c in &counters {
+            lat.0
+                .append(&mut c.lat.lock().unwrap_or_else(|e| e.into_inner()).0);
+        }
+        println!(
+            "fanout-scale: {n:5} all-channel SSE subscribers, {rate} events/s: {:.0} deliveries/s, p50 {:.1} ms, p99 {:.1} ms, missing {}",
+            got as f64 / secs as f64,
+            lat.pct(0.5),
+            lat.pct(0.99),
+            (ok * n as u64).saturating_sub(got)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    drop(gw);
+    drop(pg);
+    db.drop_db().await;
+    Ok(())
+}
+
+/// Events committed per second through the journal (status + event + fence in one transaction, batched), beside
+/// a plain batched INSERT of the same rows into a copy of the events table, in the same database and run.
+async fn journal(args: &[String]) -> anyhow::Result<()> {
+    use whatisup::events::{Journal, Op};
+    let secs: u64 = arg(args, "--seconds", "10").parse()?;
+    let producers: usize = arg(args, "--producers", "2000").parse()?;
+    let db = BenchDb::new();
+    let pool = whatisup::store::connect(&db.url, 8).await?;
+    whatisup::store::migrate(&pool).await?;
+    let keys = whatisup::crypto::MasterKeys::from_bytes([7; 32], &[]);
+    let b = whatisup::store::customers::create(&pool, &keys, "bench").await?;
+    let p = whatisup::model::Principal {
+        key_id: "k".into(),
+        customer_id: b.customer_id.clone(),
+        mode: whatisup::model::Mode::Test,
+        channel_id: None,
+    };
+    let mut ids = Vec::new();
+    {
+        let c = pool.get().await?;
+        for i in 0..1000 {
+            ids.push(
+                whatisup::store::channels::insert(&c, &p, &format!("j{i}"), &serde_json::json!({}))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .id,
+            );
+        }
+    }
+    let metrics = Arc::new(whatisup::metrics::Metrics::new());
+    let journal = Journal::spawn(pool.clone(), metrics.clone());
+    let data = serde_json::json!({"message_id": "3EB0ABCDEF0123456789", "from": "+15550001111", "timestamp": "2026-11-26T12:00:00.000Z", "type": "text", "text": "benchmark"});
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..producers {
+        let (journal, id, data, stop, committed) = (
+            journal.clone(),
+            ids[i % ids.len()].clone(),
+            data.clone(),
+            stop.clone(),
+            committed.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let op = Op {
+                    channel_id: id.clone(),
+                    events: vec![("message.received", data.clone())],
+                    ..Default::default()
+                };
+                if journal.submit(op).await.is_ok() {
+                    committed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let journal_rate = committed.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64();
+
+    // The baseline: the same rows, batched 512 per INSERT, one transaction each, no channel update, no lock.
+    let c = pool.get().await?;
+    c.batch_execute("CREATE TABLE events_raw (LIKE events INCLUDING ALL)")
+        .await?;
+    let (customer, mode) = (b.customer_id.as_str(), "test");
+    let t = Instant::now();
+    let mut rows = 0u64;
+    let mut seq = 0i64;
+    while t.elapsed() < Duration::from_secs(secs) {
+        let n = 512;
+        let event_ids: Vec<String> = (0..n).map(|_| whatisup::store::new_id("evt")).collect();
+        let customers = vec![customer; n];
+        let modes = vec![mode; n];
+        let channels: Vec<&str> = (0..n).map(|i| ids[i % ids.len()].as_str()).collect();
+        let seqs: Vec<i64> = (0..n as i64).map(|i| seq + 1 + i).collect();
+        seq += n as i64;
+        let names = vec!["message.received"; n];
+        let ats = vec![chrono::Utc::now(); n];
+        let datas = vec![&data; n];
+        c.execute(
+            "INSERT INTO events_raw (event_id, customer_id, mode, channel_id, sequence, event, occurred_at, data)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::timestamptz[], $8::jsonb[])",
+            &[&event_ids, &customers, &modes, &channels, &seqs, &names, &ats, &datas],
+        )
+        .await?;
+        rows += n as u64;
+    }
+    let raw_rate = rows as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "journal: {producers} concurrent producers, one message.received event per op: {journal_rate:.0} events/s committed"
+    );
+    println!(
+        "journal: plain batched INSERT (512 rows per statement) of the same rows: {raw_rate:.0} rows/s"
+    );
+    println!("journal: ratio {:.0} %", 100.0 * journal_rate / raw_rate);
+    drop(c);
+    pool.close();
+    db.drop_db().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("sessions") => sessions(&args).await,
+        Some("fanout") => fanout(&args).await,
+        Some("fanout-scale") => fanout_scale(&args).await,
+        Some("journal") => journal(&args).await,
+        _ => {
+            eprintln!(
+                "usage: whatisup-bench sessions|fanout|fanout-scale|journal [options] (see the file header)"
+            );
+            std::process::exit(2);
+        }
+    }
 }

@@ -13,6 +13,7 @@ use crate::store::events::EventRecord;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -165,80 +166,106 @@ struct PendingEvent {
     data: Value,
 }
 
+/// A write beside the channel row, done in op order after the batched UPDATE.
+enum SideWrite<'a> {
+    PutState(&'a str, &'a str, &'a [u8]),
+    WipeState(&'a str),
+    ReleaseOurs(&'a str, &'a Fence),
+    ReleaseAny(&'a str),
+    Audit(&'a str, &'a AuditEntry, String, &'static str),
+}
+
+/// A channel as the batch sees it: read once (locked), changed in memory op by op, written once.
+struct Working {
+    row: ChannelRow,
+    seq: i64,
+    dirty: bool,
+}
+
+/// Commits a batch in a constant number of statements: lock the channels, check fences, apply every op in
+/// memory in order, then one UPDATE for all channels, the rare side writes, and one INSERT for all events.
 async fn commit_batch(pool: &Pool, ops: &[&Op]) -> anyhow::Result<Vec<OpOutcome>> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&EVENTS_LOCK])
         .await?;
-    let select_sql =
-        format!("SELECT {COLUMNS}, last_sequence FROM channels WHERE id = $1 FOR UPDATE");
-    let select = tx.prepare_cached(&select_sql).await?;
-    let fence_check = tx
-        .prepare_cached(
-            "SELECT 1 FROM session_leases WHERE channel_id = $1 AND node_id = $2 AND token = $3 \
-             AND expires_at > now() FOR SHARE",
-        )
-        .await?;
-    let update_sql = format!(
-        "UPDATE channels SET
-            status = coalesce($2, status),
-            status_reason = CASE WHEN $2::text IS NULL THEN status_reason ELSE $3 END,
-            status_since = CASE WHEN $2::text IS NULL OR $2 = status THEN status_since ELSE now() END,
-            phone_number = coalesce($4, phone_number),
-            qr_code = CASE WHEN $5 THEN $6 ELSE qr_code END,
-            qr_expires_at = CASE WHEN $5 THEN $7 ELSE qr_expires_at END,
-            pair_code = CASE WHEN $8 THEN $9 ELSE pair_code END,
-            pair_code_expires_at = CASE WHEN $8 THEN $10 ELSE pair_code_expires_at END,
-            last_connected_at = CASE WHEN $2 = 'connected' THEN now() ELSE last_connected_at END,
-            deleted_at = CASE WHEN $11 THEN now() ELSE deleted_at END,
-            last_sequence = last_sequence + $12,
-            updated_at = now()
-         WHERE id = $1 RETURNING {COLUMNS}"
-    );
-    let update = tx.prepare_cached(&update_sql).await?;
 
+    let mut ids: Vec<&str> = ops.iter().map(|o| o.channel_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    // Locked in id order, so two nodes' batches cannot deadlock on each other.
+    let select_sql = format!(
+        "SELECT {COLUMNS}, last_sequence FROM channels WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+    );
+    let mut work: HashMap<String, Working> = tx
+        .query(&select_sql, &[&ids])
+        .await?
+        .iter()
+        .map(|r| {
+            let row = ChannelRow::from_row(r);
+            (
+                row.id.clone(),
+                Working {
+                    seq: r.get("last_sequence"),
+                    row,
+                    dirty: false,
+                },
+            )
+        })
+        .collect();
+    let fenced_ids: Vec<&str> = ops
+        .iter()
+        .filter(|o| o.fence.is_some())
+        .map(|o| o.channel_id.as_str())
+        .collect();
+    let mut leases: HashMap<String, (String, i64)> = if fenced_ids.is_empty() {
+        HashMap::new()
+    } else {
+        tx.query(
+            "SELECT channel_id, node_id, token FROM session_leases WHERE channel_id = ANY($1) AND expires_at > now() \
+             ORDER BY channel_id FOR SHARE",
+            &[&fenced_ids],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect()
+    };
+
+    let now = Utc::now();
     let mut outcomes = Vec::with_capacity(ops.len());
     let mut pending: Vec<PendingEvent> = Vec::new();
-    // (outcome index, range in `pending`)
     let mut spans: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+    let mut side: Vec<SideWrite<'_>> = Vec::new();
     for op in ops {
-        let Some(row) = tx.query_opt(&select, &[&op.channel_id]).await? else {
+        let Some(w) = work.get_mut(&op.channel_id) else {
             outcomes.push(OpOutcome::NotFound);
             continue;
         };
-        let current = ChannelRow::from_row(&row);
-        let last_sequence: i64 = row.get("last_sequence");
         if let Some(f) = &op.fence
-            && tx
-                .query_opt(&fence_check, &[&op.channel_id, &f.node_id, &f.token])
-                .await?
-                .is_none()
+            && leases.get(&op.channel_id) != Some(&(f.node_id.clone(), f.token))
         {
             outcomes.push(OpOutcome::Fenced);
             continue;
         }
-        if current.deleted_at.is_some() && !op.delete {
+        if w.row.deleted_at.is_some() && !op.delete {
             // A deleted channel takes no more changes; a session still running for it is stopped by the caller.
             outcomes.push(OpOutcome::Fenced);
             continue;
         }
         if let Some(expect) = &op.expect
-            && !expect.contains(&current.status)
+            && !expect.contains(&w.row.status)
         {
-            outcomes.push(OpOutcome::Unexpected(current));
+            outcomes.push(OpOutcome::Unexpected(w.row.clone()));
             continue;
         }
 
-        let from = current.status;
+        let row = &mut w.row;
+        let from = row.status;
         let mut names: Vec<(String, Value)> = Vec::new();
-        let mut to_status: Option<Status> = None;
-        let mut reason: Option<Reason> = None;
+        let mut changed_status = false;
         if let Some((to, why)) = op.transition {
-            let reason_changed = current.status_reason.as_deref() != why.map(|r| r.as_str());
-            if to != from || reason_changed {
-                to_status = Some(to);
-                reason = why;
-            }
+            let reason_changed = row.status_reason.as_deref() != why.map(|r| r.as_str());
             if to != from {
                 let mut data = json!({"from": from.as_str(), "to": to.as_str(), "reason": why.map(|r| r.as_str())});
                 if let (Some(Value::Object(extra)), Value::Object(d)) =
@@ -248,7 +275,7 @@ async fn commit_batch(pool: &Pool, ops: &[&Op]) -> anyhow::Result<Vec<OpOutcome>
                 }
                 names.push(("channel.status_changed".into(), data));
                 if to == Status::Connected {
-                    let phone = op.phone_number.clone().or(current.phone_number.clone());
+                    let phone = op.phone_number.clone().or(row.phone_number.clone());
                     names.push(("channel.connected".into(), json!({"phone_number": phone})));
                 }
                 if from == Status::Connected {
@@ -258,120 +285,166 @@ async fn commit_batch(pool: &Pool, ops: &[&Op]) -> anyhow::Result<Vec<OpOutcome>
                     ));
                 }
             }
+            if to != from || reason_changed {
+                changed_status = to != from;
+                row.status = to;
+                row.status_reason = why.map(|r| r.as_str().to_string());
+                if changed_status {
+                    row.status_since = now;
+                }
+            }
         }
         names.extend(op.events.iter().map(|(n, d)| (n.to_string(), d.clone())));
 
+        if let Some(p) = &op.phone_number {
+            row.phone_number = Some(p.clone());
+        }
+        if changed_status && row.status == Status::Connected {
+            row.last_connected_at = Some(now);
+        }
         // Leaving `qr` clears the QR and pair code.
-        let leaving_qr = from == Status::Qr && to_status.is_some_and(|s| s != Status::Qr);
-        let (set_qr, qr_code, qr_exp) = match &op.qr {
-            Some(Some((c, e))) => (true, Some(c.clone()), Some(*e)),
-            Some(None) => (true, None, None),
-            None if leaving_qr => (true, None, None),
-            None => (false, None, None),
-        };
-        let (set_pc, pc, pc_exp) = match &op.pair_code {
-            Some(Some((c, e))) => (true, Some(c.clone()), Some(*e)),
-            Some(None) => (true, None, None),
-            None if leaving_qr => (true, None, None),
-            None => (false, None, None),
-        };
-        let n = names.len() as i64;
-        let to_s = to_status.map(|s| s.as_str());
-        let reason_s = reason.map(|r| r.as_str());
-        let updated = tx
-            .query_one(
-                &update,
-                &[
-                    &op.channel_id,
-                    &to_s,
-                    &reason_s,
-                    &op.phone_number,
-                    &set_qr,
-                    &qr_code,
-                    &qr_exp,
-                    &set_pc,
-                    &pc,
-                    &pc_exp,
-                    &op.delete,
-                    &n,
-                ],
-            )
-            .await?;
-        let channel = ChannelRow::from_row(&updated);
+        let leaving_qr = changed_status && from == Status::Qr;
+        match &op.qr {
+            Some(v) => {
+                (row.qr_code, row.qr_expires_at) =
+                    (v.as_ref().map(|x| x.0.clone()), v.as_ref().map(|x| x.1))
+            }
+            None if leaving_qr => (row.qr_code, row.qr_expires_at) = (None, None),
+            None => {}
+        }
+        match &op.pair_code {
+            Some(v) => {
+                (row.pair_code, row.pair_code_expires_at) =
+                    (v.as_ref().map(|x| x.0.clone()), v.as_ref().map(|x| x.1))
+            }
+            None if leaving_qr => (row.pair_code, row.pair_code_expires_at) = (None, None),
+            None => {}
+        }
+        if op.delete && row.deleted_at.is_none() {
+            row.deleted_at = Some(now);
+        }
+        row.updated_at = now;
+        w.dirty = true;
 
         match &op.state {
             StateWrite::Keep => {}
             StateWrite::Put { kid, sealed } => {
-                tx.execute(
-                    "INSERT INTO session_state (channel_id, kid, sealed) VALUES ($1, $2, $3)
-                     ON CONFLICT (channel_id) DO UPDATE SET kid = $2, sealed = $3, updated_at = now()",
-                    &[&op.channel_id, kid, sealed],
-                )
-                .await?;
+                side.push(SideWrite::PutState(&op.channel_id, kid, sealed))
             }
-            StateWrite::Wipe => {
-                tx.execute(
-                    "DELETE FROM session_state WHERE channel_id = $1",
-                    &[&op.channel_id],
-                )
-                .await?;
-            }
+            StateWrite::Wipe => side.push(SideWrite::WipeState(&op.channel_id)),
         }
         match (&op.release, &op.fence) {
             (Release::Ours, Some(f)) => {
-                tx.execute(
-                    "DELETE FROM session_leases WHERE channel_id = $1 AND node_id = $2 AND token = $3",
-                    &[&op.channel_id, &f.node_id, &f.token],
-                )
-                .await?;
+                leases.remove(&op.channel_id);
+                side.push(SideWrite::ReleaseOurs(&op.channel_id, f));
             }
             (Release::Any, _) => {
-                tx.execute(
-                    "DELETE FROM session_leases WHERE channel_id = $1",
-                    &[&op.channel_id],
-                )
-                .await?;
+                leases.remove(&op.channel_id);
+                side.push(SideWrite::ReleaseAny(&op.channel_id));
             }
             _ => {}
         }
         if let Some(a) = &op.audit {
-            tx.execute(
-                "INSERT INTO audit_events (audit_id, customer_id, mode, actor, action, resource, channel_id, data, request_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)",
-                &[
-                    &crate::store::new_id("aud"),
-                    &channel.customer_id,
-                    &channel.mode.as_str(),
-                    &a.actor,
-                    &a.action,
-                    &op.channel_id,
-                    &a.data,
-                    &a.request_id,
-                ],
-            )
-            .await?;
+            side.push(SideWrite::Audit(
+                &op.channel_id,
+                a,
+                row.customer_id.clone(),
+                row.mode.as_str(),
+            ));
         }
 
         let start = pending.len();
-        let at = Utc::now();
-        for (i, (name, data)) in names.into_iter().enumerate() {
+        for (name, data) in names {
+            w.seq += 1;
             pending.push(PendingEvent {
                 event_id: crate::store::new_id("evt"),
-                customer_id: channel.customer_id.clone(),
-                mode: channel.mode,
-                channel_id: channel.id.clone(),
-                sequence: last_sequence + 1 + i as i64,
+                customer_id: w.row.customer_id.clone(),
+                mode: w.row.mode,
+                channel_id: w.row.id.clone(),
+                sequence: w.seq,
                 name,
-                at,
+                at: now,
                 data,
             });
         }
         spans.push((outcomes.len(), start..pending.len()));
         outcomes.push(OpOutcome::Applied {
-            channel,
+            channel: w.row.clone(),
             from,
             events: Vec::new(),
         });
+    }
+
+    let dirty: Vec<&Working> = work.values().filter(|w| w.dirty).collect();
+    if !dirty.is_empty() {
+        let col = |f: fn(&Working) -> Option<String>| {
+            dirty.iter().map(|w| f(w)).collect::<Vec<Option<String>>>()
+        };
+        let tcol = |f: fn(&Working) -> Option<DateTime<Utc>>| {
+            dirty.iter().map(|w| f(w)).collect::<Vec<_>>()
+        };
+        let ids: Vec<&str> = dirty.iter().map(|w| w.row.id.as_str()).collect();
+        let status = col(|w| Some(w.row.status.as_str().to_string()));
+        let reason = col(|w| w.row.status_reason.clone());
+        let since = tcol(|w| Some(w.row.status_since));
+        let phone = col(|w| w.row.phone_number.clone());
+        let qr = col(|w| w.row.qr_code.clone());
+        let qr_exp = tcol(|w| w.row.qr_expires_at);
+        let pc = col(|w| w.row.pair_code.clone());
+        let pc_exp = tcol(|w| w.row.pair_code_expires_at);
+        let lc = tcol(|w| w.row.last_connected_at);
+        let del = tcol(|w| w.row.deleted_at);
+        let upd = tcol(|w| Some(w.row.updated_at));
+        let seq: Vec<i64> = dirty.iter().map(|w| w.seq).collect();
+        tx.execute(
+            "UPDATE channels c SET status = u.status, status_reason = u.reason, status_since = u.since,
+                    phone_number = u.phone, qr_code = u.qr, qr_expires_at = u.qr_exp, pair_code = u.pc,
+                    pair_code_expires_at = u.pc_exp, last_connected_at = u.lc, deleted_at = u.del,
+                    last_sequence = u.seq, updated_at = u.upd
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[],
+                           $7::timestamptz[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[],
+                           $12::int8[], $13::timestamptz[])
+                    AS u(id, status, reason, since, phone, qr, qr_exp, pc, pc_exp, lc, del, seq, upd)
+              WHERE c.id = u.id",
+            &[&ids, &status, &reason, &since, &phone, &qr, &qr_exp, &pc, &pc_exp, &lc, &del, &seq, &upd],
+        )
+        .await?;
+    }
+
+    for w in side {
+        match w {
+            SideWrite::PutState(ch, kid, sealed) => {
+                tx.execute(
+                    "INSERT INTO session_state (channel_id, kid, sealed) VALUES ($1, $2, $3)
+                     ON CONFLICT (channel_id) DO UPDATE SET kid = $2, sealed = $3, updated_at = now()",
+                    &[&ch, &kid, &sealed],
+                )
+                .await?;
+            }
+            SideWrite::WipeState(ch) => {
+                tx.execute("DELETE FROM session_state WHERE channel_id = $1", &[&ch])
+                    .await?;
+            }
+            SideWrite::ReleaseOurs(ch, f) => {
+                tx.execute(
+                    "DELETE FROM session_leases WHERE channel_id = $1 AND node_id = $2 AND token = $3",
+                    &[&ch, &f.node_id, &f.token],
+                )
+                .await?;
+            }
+            SideWrite::ReleaseAny(ch) => {
+                tx.execute("DELETE FROM session_leases WHERE channel_id = $1", &[&ch])
+                    .await?;
+            }
+            SideWrite::Audit(ch, a, customer, mode) => {
+                tx.execute(
+                    "INSERT INTO audit_events (audit_id, customer_id, mode, actor, action, resource, channel_id, data, request_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)",
+                    &[&crate::store::new_id("aud"), &customer, &mode, &a.actor, &a.action, &ch, &a.data, &a.request_id],
+                )
+                .await?;
+            }
+        }
     }
 
     let mut ids: Vec<i64> = Vec::new();
