@@ -51,7 +51,7 @@ impl App {
             .command(
                 id,
                 Command::Sandbox {
-                    action,
+                    action: Box::new(action),
                     reply: Some(reply),
                 },
             )

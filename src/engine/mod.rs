@@ -125,7 +125,8 @@ pub enum EngineEvent {
     },
     /// Acknowledge only once committed: the engine acks to WhatsApp after `ack` fires.
     Inbound {
-        message: InboundMessage,
+        /// Boxed: every session's event queue is sized by the largest event.
+        message: Box<InboundMessage>,
         ack: oneshot::Sender<()>,
     },
     Receipt {

@@ -88,7 +88,7 @@ impl Engine for SandboxEngine {
 }
 
 enum Ctl {
-    Action(SandboxAction),
+    Action(Box<SandboxAction>),
     PairCode(String),
     Logout,
 }
@@ -129,7 +129,7 @@ impl EngineSession for SandboxSession {
     }
 
     async fn sandbox(&self, action: SandboxAction) -> Result<Option<String>, EngineError> {
-        self.call(Ctl::Action(action)).await
+        self.call(Ctl::Action(Box::new(action))).await
     }
 }
 
@@ -189,7 +189,7 @@ impl Phone {
                     Next::End
                 }
             },
-            None => self.pair(&mut rx).await,
+            None => Box::pin(self.pair(&mut rx)).await,
         };
         if let Next::Connected(phone) = next
             && self
@@ -227,10 +227,11 @@ impl Phone {
                     msg = rx.recv() => {
                         let Some((ctl, reply)) = msg else { return Next::End };
                         match ctl {
-                            Ctl::Action(SandboxAction::Scan { phone_number }) => {
+                            Ctl::Action(a) if matches!(*a, SandboxAction::Scan { .. }) => {
+                                let SandboxAction::Scan { phone_number } = *a else { unreachable!() };
                                 let phone = phone_number.or(pair_phone.take()).unwrap_or_else(random_phone);
                                 let _ = reply.send(Ok(None));
-                                return self.complete_pairing(phone).await;
+                                return Box::pin(self.complete_pairing(phone)).await;
                             }
                             Ctl::PairCode(phone) => {
                                 pair_phone = Some(phone);
@@ -287,90 +288,99 @@ impl Phone {
                 _ = self.stop.cancelled() => return,
                 msg = rx.recv() => match msg { Some(m) => m, None => return },
             };
-            match ctl {
-                Ctl::Logout => {
-                    let _ = reply.send(Ok(None));
-                    return;
-                }
-                Ctl::PairCode(_) => {
-                    let _ = reply.send(Err(EngineError::InvalidState("already paired".into())));
-                }
-                Ctl::Action(action) => match action {
-                    SandboxAction::Scan { .. } => {
-                        let _ = reply.send(Err(EngineError::InvalidState(
-                            "already paired: nothing to scan".into(),
-                        )));
-                    }
-                    SandboxAction::Drop { duration_ms } => {
-                        let until = Instant::now() + Duration::from_millis(duration_ms);
-                        self.down
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(self.channel_id.clone(), until);
-                        let _ = reply.send(Ok(None));
-                        self.emit(EngineEvent::Disconnected {
-                            detail: "simulated network drop".into(),
-                        })
-                        .await;
-                        return;
-                    }
-                    SandboxAction::Revoke => {
-                        let _ = reply.send(Ok(None));
-                        self.emit(EngineEvent::LoggedOut {
-                            reason: LogoutReason::Logout,
-                        })
-                        .await;
-                        return;
-                    }
-                    SandboxAction::Ban => {
-                        let _ = reply.send(Ok(None));
-                        let until = Some(Utc::now() + chrono::Duration::hours(24));
-                        self.emit(EngineEvent::Failed {
-                            reason: FailReason::Banned { until },
-                        })
-                        .await;
-                        return;
-                    }
-                    SandboxAction::Inbound { from, text } => {
-                        let message_id = format!("3EB0{}", random_base62(16).to_uppercase());
-                        let (ack, acked) = oneshot::channel();
-                        let message = InboundMessage {
-                            message_id: message_id.clone(),
-                            from: from.clone(),
-                            timestamp: Utc::now(),
-                            body: serde_json::json!({"type": "text", "text": text}),
-                        };
-                        if !self.emit(EngineEvent::Inbound { message, ack }).await {
-                            let _ = reply.send(Err(EngineError::InvalidState(
-                                "the session has ended".into(),
-                            )));
-                            return;
-                        }
-                        // Like WhatsApp: the message counts as delivered only once the gateway committed it.
-                        let r = match tokio::time::timeout(Duration::from_secs(10), acked).await {
-                            Ok(Ok(())) => Ok(Some(message_id)),
-                            _ => Err(EngineError::Other(
-                                "the gateway did not commit the message".into(),
-                            )),
-                        };
-                        let _ = reply.send(r);
-                    }
-                    SandboxAction::Receipt { message_id, status } => {
-                        let ok = self
-                            .emit(EngineEvent::Receipt {
-                                message_id,
-                                status,
-                                at: Utc::now(),
-                            })
-                            .await;
-                        let _ = reply.send(if ok {
-                            Ok(None)
-                        } else {
-                            Err(EngineError::InvalidState("the session has ended".into()))
-                        });
-                    }
-                },
+            // Handled in its own (boxed) future: an idle session keeps only this small loop in memory.
+            if !Box::pin(self.on_ctl(ctl, reply)).await {
+                return;
             }
         }
+    }
+
+    /// One request to the paired phone; false when the session ends with it.
+    async fn on_ctl(&self, ctl: Ctl, reply: Reply) -> bool {
+        match ctl {
+            Ctl::Logout => {
+                let _ = reply.send(Ok(None));
+                return false;
+            }
+            Ctl::PairCode(_) => {
+                let _ = reply.send(Err(EngineError::InvalidState("already paired".into())));
+            }
+            Ctl::Action(action) => match *action {
+                SandboxAction::Scan { .. } => {
+                    let _ = reply.send(Err(EngineError::InvalidState(
+                        "already paired: nothing to scan".into(),
+                    )));
+                }
+                SandboxAction::Drop { duration_ms } => {
+                    let until = Instant::now() + Duration::from_millis(duration_ms);
+                    self.down
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(self.channel_id.clone(), until);
+                    let _ = reply.send(Ok(None));
+                    self.emit(EngineEvent::Disconnected {
+                        detail: "simulated network drop".into(),
+                    })
+                    .await;
+                    return false;
+                }
+                SandboxAction::Revoke => {
+                    let _ = reply.send(Ok(None));
+                    self.emit(EngineEvent::LoggedOut {
+                        reason: LogoutReason::Logout,
+                    })
+                    .await;
+                    return false;
+                }
+                SandboxAction::Ban => {
+                    let _ = reply.send(Ok(None));
+                    let until = Some(Utc::now() + chrono::Duration::hours(24));
+                    self.emit(EngineEvent::Failed {
+                        reason: FailReason::Banned { until },
+                    })
+                    .await;
+                    return false;
+                }
+                SandboxAction::Inbound { from, text } => {
+                    let message_id = format!("3EB0{}", random_base62(16).to_uppercase());
+                    let (ack, acked) = oneshot::channel();
+                    let message = Box::new(InboundMessage {
+                        message_id: message_id.clone(),
+                        from: from.clone(),
+                        timestamp: Utc::now(),
+                        body: serde_json::json!({"type": "text", "text": text}),
+                    });
+                    if !self.emit(EngineEvent::Inbound { message, ack }).await {
+                        let _ = reply.send(Err(EngineError::InvalidState(
+                            "the session has ended".into(),
+                        )));
+                        return false;
+                    }
+                    // Like WhatsApp: the message counts as delivered only once the gateway committed it.
+                    let r = match tokio::time::timeout(Duration::from_secs(10), acked).await {
+                        Ok(Ok(())) => Ok(Some(message_id)),
+                        _ => Err(EngineError::Other(
+                            "the gateway did not commit the message".into(),
+                        )),
+                    };
+                    let _ = reply.send(r);
+                }
+                SandboxAction::Receipt { message_id, status } => {
+                    let ok = self
+                        .emit(EngineEvent::Receipt {
+                            message_id,
+                            status,
+                            at: Utc::now(),
+                        })
+                        .await;
+                    let _ = reply.send(if ok {
+                        Ok(None)
+                    } else {
+                        Err(EngineError::InvalidState("the session has ended".into()))
+                    });
+                }
+            },
+        }
+        true
     }
 }

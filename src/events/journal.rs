@@ -146,7 +146,7 @@ async fn writer(pool: Pool, mut rx: mpsc::Receiver<Request>, metrics: Arc<Metric
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, ops = batch.len(), "journal batch failed; nothing of it was committed");
+                tracing::error!(error = ?e, ops = batch.len(), "journal batch failed; nothing of it was committed");
                 for (_, reply) in batch.drain(..) {
                     let _ = reply.send(Err(ApiError::unavailable("database unavailable")));
                 }
@@ -193,9 +193,10 @@ async fn commit_batch(pool: &Pool, ops: &[&Op]) -> anyhow::Result<Vec<OpOutcome>
     let mut ids: Vec<&str> = ops.iter().map(|o| o.channel_id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    // Locked in id order, so two nodes' batches cannot deadlock on each other.
+    // Locked in id order, so two nodes' batches cannot deadlock on each other; NO KEY UPDATE, so that inserts
+    // into tables referencing channels (leases, state) are not blocked by the foreign-key check.
     let select_sql = format!(
-        "SELECT {COLUMNS}, last_sequence FROM channels WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+        "SELECT {COLUMNS}, last_sequence FROM channels WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"
     );
     let mut work: HashMap<String, Working> = tx
         .query(&select_sql, &[&ids])

@@ -38,8 +38,9 @@ pub enum Command {
     PairCode {
         phone_number: String,
     },
+    /// Boxed: a command queue's slots are sized by its largest command, and every session has one.
     Sandbox {
-        action: SandboxAction,
+        action: Box<SandboxAction>,
         reply: Option<oneshot::Sender<ApiResult<Option<String>>>>,
     },
     /// The API already wrote the final status and removed the lease; stop without writing (and unlink first).
@@ -70,6 +71,8 @@ struct RemoteCommand {
 
 struct Handle {
     token: i64,
+    /// When this node claimed the lease: a renewal that started earlier does not speak for it.
+    claimed: Instant,
     cmd: mpsc::Sender<Command>,
     cancel: CancellationToken,
     lease_lost: Arc<AtomicBool>,
@@ -210,6 +213,7 @@ impl Node {
             channel_id,
             Handle {
                 token: fence.token,
+                claimed: Instant::now(),
                 cmd: cmd_tx,
                 cancel,
                 lease_lost,
@@ -273,7 +277,7 @@ impl Node {
                 if let Some(r) = reply {
                     let _ = r.send(Ok(None));
                 }
-                match action {
+                match *action {
                     SandboxAction::Scan { phone_number } => Wire::Scan { phone_number },
                     SandboxAction::Drop { duration_ms } => Wire::Drop { duration_ms },
                     SandboxAction::Revoke => Wire::Revoke,
@@ -311,29 +315,29 @@ impl Node {
             Wire::PairCode { phone_number } => Command::PairCode { phone_number },
             Wire::Stop { logout } => Command::Stop { logout },
             Wire::Scan { phone_number } => Command::Sandbox {
-                action: SandboxAction::Scan { phone_number },
+                action: Box::new(SandboxAction::Scan { phone_number }),
                 reply: None,
             },
             Wire::Drop { duration_ms } => Command::Sandbox {
-                action: SandboxAction::Drop { duration_ms },
+                action: Box::new(SandboxAction::Drop { duration_ms }),
                 reply: None,
             },
             Wire::Revoke => Command::Sandbox {
-                action: SandboxAction::Revoke,
+                action: Box::new(SandboxAction::Revoke),
                 reply: None,
             },
             Wire::Ban => Command::Sandbox {
-                action: SandboxAction::Ban,
+                action: Box::new(SandboxAction::Ban),
                 reply: None,
             },
             Wire::Inbound { from, text } => Command::Sandbox {
-                action: SandboxAction::Inbound { from, text },
+                action: Box::new(SandboxAction::Inbound { from, text }),
                 reply: None,
             },
             Wire::Receipt { message_id, status } => {
                 match crate::engine::ReceiptStatus::parse(&status) {
                     Some(status) => Command::Sandbox {
-                        action: SandboxAction::Receipt { message_id, status },
+                        action: Box::new(SandboxAction::Receipt { message_id, status }),
                         reply: None,
                     },
                     None => return,
@@ -356,6 +360,7 @@ impl Node {
                 _ = self.stopping.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            let started = Instant::now();
             let held = match self.pool.get().await {
                 Ok(c) => leases::renew(&c, &self.id, ttl)
                     .await
@@ -367,7 +372,7 @@ impl Node {
                     last_ok = Instant::now();
                     let held: HashMap<String, i64> = held.into_iter().collect();
                     for (ch, h) in self.sessions().iter() {
-                        if held.get(ch) != Some(&h.token) {
+                        if h.claimed < started && held.get(ch) != Some(&h.token) {
                             tracing::warn!(channel_id = %ch, "lease lost; stopping the session");
                             h.lease_lost.store(true, Ordering::Release);
                             h.cancel.cancel();
@@ -495,7 +500,8 @@ impl Session {
 
     /// Submits a fenced op; Err(outcome) says how the session must end.
     async fn write(&mut self, op: Op) -> Result<(), Outcome> {
-        match self.node.journal.submit(op).await {
+        // Boxed here, so that no caller's future carries the op and the journal round trip inline.
+        match Box::pin(self.node.journal.submit(op)).await {
             Ok(OpOutcome::Applied { channel, .. }) => {
                 self.status = channel.status;
                 Ok(())
@@ -518,62 +524,78 @@ impl Session {
         self.write(op).await
     }
 
+    // Memory per session matters (thousands per node): a task's future is as large as its largest suspension
+    // point, so the rare, heavy steps (database round trips, status writes) run in boxed futures of their own and
+    // an idle session holds little more than its receive loop.
     async fn run(mut self, start: Start, mut cmds: mpsc::Receiver<Command>) {
         let outcome = self.lifecycle(start, &mut cmds).await;
         if let Outcome::Shutdown = outcome {
-            // The gateway is going away: the connection is, for the outside world, a transient loss.
-            if matches!(self.status, Status::Connected) {
-                let _ = self
-                    .transition(Status::Reconnecting, Some(Reason::Network))
-                    .await;
-            }
-            self.node.release(&self.fence, &self.channel_id).await;
+            Box::pin(self.leave()).await;
         }
         self.node.forget(&self.channel_id, self.fence.token);
     }
 
-    async fn lifecycle(&mut self, start: Start, cmds: &mut mpsc::Receiver<Command>) -> Outcome {
-        // Read where the channel stands; a resumed `connected` channel is not connected at this moment.
+    /// Node shutdown: the connection is, for the outside world, a transient loss; the lease goes back.
+    async fn leave(&mut self) {
+        if matches!(self.status, Status::Connected) {
+            let _ = self
+                .transition(Status::Reconnecting, Some(Reason::Network))
+                .await;
+        }
+        self.node.release(&self.fence, &self.channel_id).await;
+    }
+
+    /// Reads where the channel stands; a resumed `connected` channel is not connected at this moment.
+    async fn begin(&mut self, start: Start) -> Option<Outcome> {
         match self.current_status().await {
             Some(s) => self.status = s,
-            None => return Outcome::Fenced,
+            None => return Some(Outcome::Fenced),
         }
-        if start == Start::Resume
-            && self.status == Status::Connected
-            && let Err(o) = self
+        if start == Start::Resume && self.status == Status::Connected {
+            return self
                 .transition(Status::Reconnecting, Some(Reason::Network))
                 .await
-        {
+                .err();
+        }
+        None
+    }
+
+    /// After a failed attempt: either give up (failed / retries_exhausted) or show `reconnecting`.
+    async fn before_retry(&mut self) -> Option<Outcome> {
+        if self.backoff.failures() + 1 > self.node.cfg.reconnect_max_attempts {
+            let mut op = self.op();
+            op.transition = Some((Status::Failed, Some(Reason::RetriesExhausted)));
+            op.release = Release::Ours;
+            return Some(match self.write(op).await {
+                Ok(()) => Outcome::End,
+                Err(o) => o,
+            });
+        }
+        if self.status != Status::Reconnecting {
+            return self
+                .transition(Status::Reconnecting, Some(Reason::Network))
+                .await
+                .err();
+        }
+        None
+    }
+
+    async fn lifecycle(&mut self, start: Start, cmds: &mut mpsc::Receiver<Command>) -> Outcome {
+        if let Some(o) = Box::pin(self.begin(start)).await {
             return o;
         }
         loop {
-            let outcome = self.attempt(cmds).await;
-            match outcome {
+            match Box::pin(self.attempt(cmds)).await {
                 Outcome::Retry => {}
                 other => return other,
             }
             if self.cancel.is_cancelled() {
                 return self.cancelled();
             }
-            let attempt = self.backoff.failures() + 1;
-            if attempt > self.node.cfg.reconnect_max_attempts {
-                let mut op = self.op();
-                op.transition = Some((Status::Failed, Some(Reason::RetriesExhausted)));
-                op.release = Release::Ours;
-                return match self.write(op).await {
-                    Ok(()) => Outcome::End,
-                    Err(o) => o,
-                };
-            }
-            if self.status != Status::Reconnecting
-                && let Err(o) = self
-                    .transition(Status::Reconnecting, Some(Reason::Network))
-                    .await
-            {
+            if let Some(o) = Box::pin(self.before_retry()).await {
                 return o;
             }
-            let delay = self.backoff.next_delay();
-            let sleep = tokio::time::sleep(delay);
+            let sleep = tokio::time::sleep(self.backoff.next_delay());
             tokio::pin!(sleep);
             loop {
                 tokio::select! {
@@ -635,7 +657,7 @@ impl Session {
 
     /// One engine session, from start to its end.
     async fn attempt(&mut self, cmds: &mut mpsc::Receiver<Command>) -> Outcome {
-        let state = match self.load_state().await {
+        let state = match Box::pin(self.load_state()).await {
             Ok(s) => s,
             Err(o) => return o,
         };
@@ -677,7 +699,7 @@ impl Session {
                 _ = self.cancel.cancelled() => return self.cancelled(),
                 ev = events.recv() => {
                     let Some(ev) = ev else { return Outcome::Retry };
-                    if let Err(o) = self.on_event(ev).await {
+                    if let Err(o) = Box::pin(self.on_event(ev)).await {
                         return o;
                     }
                     if matches!(self.status, Status::Pending | Status::Disconnected | Status::Failed) {
@@ -705,7 +727,7 @@ impl Session {
                     Some(Command::Sandbox { action, reply }) => {
                         let session = session.clone();
                         tokio::spawn(async move {
-                            let r = session.sandbox(action).await.map_err(|e| match e {
+                            let r = session.sandbox(*action).await.map_err(|e| match e {
                                 EngineError::NotSandbox => ApiError::new(Code::NotSandbox, "not a sandbox channel"),
                                 EngineError::InvalidState(m) => ApiError::new(Code::InvalidLifecycleTransition, m),
                                 other => ApiError::unavailable(other.to_string()),
@@ -829,5 +851,18 @@ impl Session {
                 self.write(op).await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every session owns an event queue and a command queue whose blocks hold 32 messages each: their size is
+    /// memory per session. Large payloads are boxed to keep them small.
+    #[test]
+    fn queue_messages_stay_small() {
+        let ev = std::mem::size_of::<crate::engine::EngineEvent>();
+        let cmd = std::mem::size_of::<super::Command>();
+        assert!(ev <= 64, "EngineEvent is {ev} bytes");
+        assert!(cmd <= 40, "Command is {cmd} bytes");
     }
 }
