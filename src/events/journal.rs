@@ -125,7 +125,18 @@ async fn writer(pool: Pool, mut rx: mpsc::Receiver<Request>, metrics: Arc<Metric
         }
         let ops: Vec<&Op> = batch.iter().map(|(op, _)| op).collect();
         metrics.journal_batch.observe(ops.len() as f64);
-        match commit_batch(&pool, &ops).await {
+        // A deadlock or serialization failure aborted the whole transaction: nothing was written, try again.
+        let mut result = commit_batch(&pool, &ops).await;
+        for _ in 0..3 {
+            match &result {
+                Err(e) if retryable(e) => {
+                    tracing::warn!(error = ?e, "journal batch aborted by the database; retrying");
+                    result = commit_batch(&pool, &ops).await;
+                }
+                _ => break,
+            }
+        }
+        match result {
             Ok(outcomes) => {
                 for (outcome, (_, reply)) in outcomes.into_iter().zip(batch.drain(..)) {
                     if let OpOutcome::Applied {
@@ -153,6 +164,15 @@ async fn writer(pool: Pool, mut rx: mpsc::Receiver<Request>, metrics: Arc<Metric
             }
         }
     }
+}
+
+fn retryable(e: &anyhow::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.downcast_ref::<tokio_postgres::Error>()
+        .and_then(|e| e.code())
+        .is_some_and(|c| {
+            c == &SqlState::T_R_DEADLOCK_DETECTED || c == &SqlState::T_R_SERIALIZATION_FAILURE
+        })
 }
 
 struct PendingEvent {

@@ -22,7 +22,7 @@ pub async fn claim(
         .query(
             "INSERT INTO session_leases (channel_id, node_id, token, expires_at)
              SELECT id, $2, 1, now() + make_interval(secs => $3::bigint / 1000.0)
-               FROM unnest($1::text[]) AS id
+               FROM unnest($1::text[]) AS id ORDER BY id
              ON CONFLICT (channel_id) DO UPDATE
                 SET node_id = EXCLUDED.node_id, token = session_leases.token + 1, expires_at = EXCLUDED.expires_at
               WHERE session_leases.expires_at < now() OR session_leases.node_id = EXCLUDED.node_id
@@ -41,8 +41,11 @@ pub async fn renew(
 ) -> Result<Vec<(String, i64)>, tokio_postgres::Error> {
     let rows = db
         .query(
-            "UPDATE session_leases SET expires_at = now() + make_interval(secs => $2::bigint / 1000.0)
-              WHERE node_id = $1 RETURNING channel_id, token",
+            // Rows are locked in channel_id order, as every multi-row locker of leases does (the journal's
+            // fence check included): no lock-order deadlock.
+            "UPDATE session_leases l SET expires_at = now() + make_interval(secs => $2::bigint / 1000.0)
+               FROM (SELECT channel_id FROM session_leases WHERE node_id = $1 ORDER BY channel_id FOR UPDATE) o
+              WHERE l.channel_id = o.channel_id RETURNING l.channel_id, l.token",
             &[&node_id, &ttl_ms(ttl)],
         )
         .await?;
