@@ -130,7 +130,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
     }
 
     let metrics = Arc::new(metrics::Metrics::new());
-    let journal = events::Journal::spawn(pool.clone(), metrics.clone());
+    let journal = events::Journal::spawn(&cfg.database_url, metrics.clone())?;
     let hub = Arc::new(events::Hub::new());
     let sandbox: Arc<dyn Engine> = Arc::new(SandboxEngine::new(SandboxConfig {
         connect: Duration::from_millis(cfg.sandbox_connect_ms),

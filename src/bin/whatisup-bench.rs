@@ -730,7 +730,7 @@ async fn journal(args: &[String]) -> anyhow::Result<()> {
         }
     }
     let metrics = Arc::new(whatisup::metrics::Metrics::new());
-    let journal = Journal::spawn(pool.clone(), metrics.clone());
+    let journal = Journal::spawn(&db.url, metrics.clone())?;
     let data = serde_json::json!({"message_id": "3EB0ABCDEF0123456789", "from": "+15550001111", "timestamp": "2026-11-26T12:00:00.000Z", "type": "text", "text": "benchmark"});
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let committed = Arc::new(AtomicU64::new(0));
@@ -769,6 +769,14 @@ async fn journal(args: &[String]) -> anyhow::Result<()> {
     c.batch_execute("CREATE TABLE events_raw (LIKE events INCLUDING ALL)")
         .await?;
     let (customer, mode) = (b.customer_id.as_str(), "test");
+    // Prepared once, as the journal's statements are.
+    let raw_insert = c
+        .prepare(
+            "INSERT INTO events_raw (event_id, customer_id, mode, channel_id, sequence, event, occurred_at, data)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[],
+                                  $7::timestamptz[], $8::jsonb[])",
+        )
+        .await?;
     let t = Instant::now();
     let mut rows = 0u64;
     let mut seq = 0i64;
@@ -784,9 +792,10 @@ async fn journal(args: &[String]) -> anyhow::Result<()> {
         let ats = vec![chrono::Utc::now(); n];
         let datas = vec![&data; n];
         c.execute(
-            "INSERT INTO events_raw (event_id, customer_id, mode, channel_id, sequence, event, occurred_at, data)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::timestamptz[], $8::jsonb[])",
-            &[&event_ids, &customers, &modes, &channels, &seqs, &names, &ats, &datas],
+            &raw_insert,
+            &[
+                &event_ids, &customers, &modes, &channels, &seqs, &names, &ats, &datas,
+            ],
         )
         .await?;
         rows += n as u64;

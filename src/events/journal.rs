@@ -9,7 +9,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
 use crate::model::{Reason, Status};
 use crate::store::channels::{COLUMNS, ChannelRow};
-use crate::store::events::EventRecord;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use serde_json::{Value, json};
@@ -78,12 +77,21 @@ pub struct AuditEntry {
     pub request_id: Option<String>,
 }
 
+/// An event as committed: its cursor, id and per-channel sequence.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub id: i64,
+    pub event_id: String,
+    pub sequence: i64,
+    pub event: String,
+}
+
 #[derive(Debug)]
 pub enum OpOutcome {
     Applied {
         channel: ChannelRow,
         from: Status,
-        events: Vec<EventRecord>,
+        events: Vec<Committed>,
     },
     /// The fence no longer holds: another node owns the session now.
     Fenced,
@@ -100,10 +108,32 @@ pub struct Journal {
 }
 
 impl Journal {
-    pub fn spawn(pool: Pool, metrics: Arc<Metrics>) -> Journal {
+    /// Starts the writer on a thread of its own, with its own connections: under load (thousands of session
+    /// tasks) its database round trips do not wait in the shared runtime's queue, and every batch is one of them.
+    pub fn spawn(database_url: &str, metrics: Arc<Metrics>) -> anyhow::Result<Journal> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(pool, rx, metrics));
-        Journal { tx }
+        let url = database_url.to_string();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("whatisup-journal".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    // Connections made here have their drivers on this runtime.
+                    let pool = loop {
+                        match crate::store::connect(&url, 2).await {
+                            Ok(p) => break p,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "journal: connecting to the database");
+                                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                            }
+                        }
+                    };
+                    writer(pool, rx, metrics).await;
+                })
+            })?;
+        Ok(Journal { tx })
     }
 
     pub async fn submit(&self, op: Op) -> ApiResult<OpOutcome> {
@@ -213,13 +243,21 @@ async fn commit_batch(pool: &Pool, ops: &[&Op]) -> anyhow::Result<Vec<OpOutcome>
     let mut ids: Vec<&str> = ops.iter().map(|o| o.channel_id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    // Locked in id order, so two nodes' batches cannot deadlock on each other; NO KEY UPDATE, so that inserts
-    // into tables referencing channels (leases, state) are not blocked by the foreign-key check.
+    // No row locks needed: every writer of these columns is a journal batch, and batches are serialised by the
+    // advisory lock above (on every node), so nothing changes the rows between this read and the UPDATE below.
+    // A join with unnest, not `id = ANY($1)`: ANY over hundreds of ids is a linear search per row.
     let select_sql = format!(
-        "SELECT {COLUMNS}, last_sequence FROM channels WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"
+        "SELECT {cols}, c.last_sequence FROM unnest($1::text[]) AS u(id) JOIN channels c ON c.id = u.id",
+        cols = COLUMNS
+            .split(", ")
+            .map(|col| format!("c.{col}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
+    // Prepared once per connection: these statements run for every batch.
+    let select = tx.prepare_cached(&select_sql).await?;
     let mut work: HashMap<String, Working> = tx
-        .query(&select_sql, &[&ids])
+        .query(&select, &[&ids])
         .await?
         .iter()
         .map(|r| {
@@ -243,8 +281,8 @@ async fn commit_batch(pool: &Pool, ops: &[&Op]) -> anyhow::Result<Vec<OpOutcome>
         HashMap::new()
     } else {
         tx.query(
-            "SELECT channel_id, node_id, token FROM session_leases WHERE channel_id = ANY($1) AND expires_at > now() \
-             ORDER BY channel_id FOR SHARE",
+            "SELECT l.channel_id, l.node_id, l.token FROM unnest($1::text[]) AS u(id) \
+             JOIN session_leases l ON l.channel_id = u.id WHERE l.expires_at > now() ORDER BY l.channel_id FOR SHARE OF l",
             &[&fenced_ids],
         )
         .await?
@@ -418,6 +456,7 @@ async fn commit_batch(pool: &Pool, ops: &[&Op]) -> anyhow::Result<Vec<OpOutcome>
         let upd = tcol(|w| Some(w.row.updated_at));
         let seq: Vec<i64> = dirty.iter().map(|w| w.seq).collect();
         tx.execute(
+            &tx.prepare_cached(
             "UPDATE channels c SET status = u.status, status_reason = u.reason, status_since = u.since,
                     phone_number = u.phone, qr_code = u.qr, qr_expires_at = u.qr_exp, pair_code = u.pc,
                     pair_code_expires_at = u.pc_exp, last_connected_at = u.lc, deleted_at = u.del,
@@ -426,7 +465,7 @@ async fn commit_batch(pool: &Pool, ops: &[&Op]) -> anyhow::Result<Vec<OpOutcome>
                            $7::timestamptz[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[],
                            $12::int8[], $13::timestamptz[])
                     AS u(id, status, reason, since, phone, qr, qr_exp, pc, pc_exp, lc, del, seq, upd)
-              WHERE c.id = u.id",
+              WHERE c.id = u.id").await?,
             &[&ids, &status, &reason, &since, &phone, &qr, &qr_exp, &pc, &pc_exp, &lc, &del, &seq, &upd],
         )
         .await?;
@@ -481,10 +520,11 @@ async fn commit_batch(pool: &Pool, ops: &[&Op]) -> anyhow::Result<Vec<OpOutcome>
         // ORDER BY ord makes nextval() run in the order the events happened.
         let rows = tx
             .query(
+                &tx.prepare_cached(
                 "INSERT INTO events (event_id, customer_id, mode, channel_id, sequence, event, occurred_at, data)
                  SELECT e, c, m, ch, s, n, a, d FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
                         $5::int8[], $6::text[], $7::timestamptz[], $8::jsonb[]) WITH ORDINALITY AS t(e, c, m, ch, s, n, a, d, ord)
-                 ORDER BY ord RETURNING id, event_id",
+                 ORDER BY ord RETURNING id, event_id").await?,
                 &[&event_ids, &customers, &modes, &channels, &seqs, &names, &ats, &datas],
             )
             .await?;
@@ -505,24 +545,15 @@ async fn commit_batch(pool: &Pool, ops: &[&Op]) -> anyhow::Result<Vec<OpOutcome>
     }
     tx.commit().await?;
 
-    let mut pending: Vec<Option<PendingEvent>> = pending.into_iter().map(Some).collect();
+    // Subscribers get events from the hub, which reads the committed rows; callers only need to know them.
     for (idx, span) in spans {
         if let OpOutcome::Applied { events, .. } = &mut outcomes[idx] {
-            for i in span {
-                if let Some(e) = pending[i].take() {
-                    events.push(EventRecord::new(
-                        ids[i],
-                        e.event_id,
-                        e.customer_id,
-                        e.mode,
-                        e.channel_id,
-                        e.sequence,
-                        e.name,
-                        e.at,
-                        e.data,
-                    ));
-                }
-            }
+            events.extend(span.map(|i| Committed {
+                id: ids[i],
+                event_id: std::mem::take(&mut pending[i].event_id),
+                sequence: pending[i].sequence,
+                event: std::mem::take(&mut pending[i].name),
+            }));
         }
     }
     Ok(outcomes)

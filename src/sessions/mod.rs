@@ -421,7 +421,7 @@ impl Node {
             let claimed = leases::claim(&client, &self.id, &ids, self.cfg.lease_ttl()).await?;
             let engines_of: HashMap<String, String> = client
                 .query(
-                    "SELECT id, engine FROM channels WHERE id = ANY($1)",
+                    "SELECT c.id, c.engine FROM unnest($1::text[]) AS u(id) JOIN channels c ON c.id = u.id",
                     &[&ids],
                 )
                 .await?
