@@ -15,6 +15,9 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
+
+type Param<'a> = dyn ToSql + Sync + 'a;
 
 const EVENTS_LOCK: i64 = 0x7768_6174_6576_6e74; // "whatevnt"
 const MAX_BATCH: usize = 512;
@@ -149,6 +152,7 @@ impl Journal {
 
 async fn writer(pool: Pool, mut rx: mpsc::Receiver<Request>, metrics: Arc<Metrics>) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+    let mut cache = SeqCache::default();
     loop {
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
             return;
@@ -156,12 +160,12 @@ async fn writer(pool: Pool, mut rx: mpsc::Receiver<Request>, metrics: Arc<Metric
         let ops: Vec<&Op> = batch.iter().map(|(op, _)| op).collect();
         metrics.journal_batch.observe(ops.len() as f64);
         // A deadlock or serialization failure aborted the whole transaction: nothing was written, try again.
-        let mut result = commit_batch(&pool, &ops).await;
+        let mut result = commit_batch(&pool, &ops, &mut cache).await;
         for _ in 0..3 {
             match &result {
                 Err(e) if retryable(e) => {
                     tracing::warn!(error = ?e, "journal batch aborted by the database; retrying");
-                    result = commit_batch(&pool, &ops).await;
+                    result = commit_batch(&pool, &ops, &mut cache).await;
                 }
                 _ => break,
             }
@@ -216,6 +220,90 @@ struct PendingEvent {
     data: Value,
 }
 
+static SELECT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    // No row locks needed: every writer of these columns and of events is a journal batch, and batches are
+    // serialised by the advisory lock (on every node), so nothing changes the rows between this read and the
+    // UPDATE. A join with unnest, not `id = ANY($1)`: ANY over hundreds of ids is a linear search per row.
+    let cols: Vec<String> = COLUMNS.split(", ").map(|col| format!("c.{col}")).collect();
+    format!(
+        "SELECT {}, c.last_sequence FROM unnest($1::text[]) AS u(id) JOIN channels c ON c.id = u.id",
+        cols.join(", ")
+    )
+});
+
+/// The last sequence of channels the writer does not know yet: an index lookup each.
+const SEQ_LOOKUP_SQL: &str =
+    "SELECT u.id, coalesce((SELECT max(e.sequence) FROM events e WHERE e.channel_id = u.id), 0)
+    FROM unnest($1::text[]) AS u(id)";
+
+/// What other nodes committed since this writer's last batch (under the lock, so nothing is missed).
+const SEQ_OTHERS_SQL: &str =
+    "SELECT channel_id, max(sequence) FROM events WHERE id > $1 GROUP BY channel_id";
+
+const LOG_END_SQL: &str = "SELECT coalesce(max(id), 0) FROM events";
+
+/// The writer's knowledge of each channel's last sequence, so that a batch need not look every channel up.
+/// Sequences come from the log itself (no counter written per event); `channels.last_sequence` is a floor written
+/// whenever the row is written anyway, so a retention cleaner must raise it before deleting a channel's newest
+/// event. Valid because every event insert happens under the advisory lock: what this writer did not insert
+/// itself is exactly what has `id > last_id`.
+#[derive(Default)]
+pub struct SeqCache {
+    /// None: unknown (first batch, or after a failed one); everything is looked up.
+    last_id: Option<i64>,
+    seqs: HashMap<String, i64>,
+}
+
+const SEQ_CACHE_MAX: usize = 200_000;
+
+/// Leases of fenced ops, share-locked (in channel_id order, as every multi-row locker of leases does) so that
+/// no claim can take one over before this batch commits.
+const LEASES_SQL: &str = "SELECT l.channel_id, l.node_id, l.token FROM unnest($1::text[]) AS u(id)
+    JOIN session_leases l ON l.channel_id = u.id WHERE l.expires_at > now() ORDER BY l.channel_id FOR SHARE OF l";
+
+const UPDATE_SQL: &str = "UPDATE channels c SET status = u.status, status_reason = u.reason,
+        status_since = u.since, phone_number = u.phone, qr_code = u.qr, qr_expires_at = u.qr_exp,
+        pair_code = u.pc, pair_code_expires_at = u.pc_exp, last_connected_at = u.lc, deleted_at = u.del,
+        last_sequence = u.seq, updated_at = u.upd
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[],
+                $7::timestamptz[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[],
+                $12::int8[], $13::timestamptz[])
+         AS u(id, status, reason, since, phone, qr, qr_exp, pc, pc_exp, lc, del, seq, upd)
+    WHERE c.id = u.id";
+
+/// ORDER BY ord makes nextval() run in the order the events happened.
+const INSERT_SQL: &str = "INSERT INTO events (event_id, customer_id, mode, channel_id, sequence, event, occurred_at, data)
+    SELECT e, c, m, ch, s, n, a, d FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[],
+        $6::text[], $7::timestamptz[], $8::jsonb[]) WITH ORDINALITY AS t(e, c, m, ch, s, n, a, d, ord)
+    ORDER BY ord RETURNING id, event_id";
+
+type Stored = (
+    Status,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
+
+/// The columns an op may change.
+fn stored(r: &ChannelRow) -> Stored {
+    (
+        r.status,
+        r.status_reason.clone(),
+        r.phone_number.clone(),
+        r.qr_code.clone(),
+        r.qr_expires_at,
+        r.pair_code.clone(),
+        r.pair_code_expires_at,
+        r.last_connected_at,
+        r.deleted_at,
+    )
+}
+
 /// A write beside the channel row, done in op order after the batched UPDATE.
 enum SideWrite<'a> {
     PutState(&'a str, &'a str, &'a [u8]),
@@ -234,62 +322,111 @@ struct Working {
 
 /// Commits a batch in a constant number of statements: lock the channels, check fences, apply every op in
 /// memory in order, then one UPDATE for all channels, the rare side writes, and one INSERT for all events.
-async fn commit_batch(pool: &Pool, ops: &[&Op]) -> anyhow::Result<Vec<OpOutcome>> {
+async fn commit_batch(
+    pool: &Pool,
+    ops: &[&Op],
+    cache: &mut SeqCache,
+) -> anyhow::Result<Vec<OpOutcome>> {
+    let result = commit_batch_inner(pool, ops, cache).await;
+    if result.is_err() {
+        // Whatever this batch learnt may not have been committed.
+        *cache = SeqCache::default();
+    }
+    result
+}
+
+async fn commit_batch_inner(
+    pool: &Pool,
+    ops: &[&Op],
+    cache: &mut SeqCache,
+) -> anyhow::Result<Vec<OpOutcome>> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&EVENTS_LOCK])
+    // Prepared once per connection: these statements run for every batch.
+    let lock = client
+        .prepare_cached("SELECT pg_advisory_xact_lock($1)")
         .await?;
+    let select = client.prepare_cached(&SELECT_SQL).await?;
+    let lease_check = client.prepare_cached(LEASES_SQL).await?;
+    let update = client.prepare_cached(UPDATE_SQL).await?;
+    let insert = client.prepare_cached(INSERT_SQL).await?;
+    let seq_lookup = client.prepare_cached(SEQ_LOOKUP_SQL).await?;
+    let seq_others = client.prepare_cached(SEQ_OTHERS_SQL).await?;
+    let log_end = client.prepare_cached(LOG_END_SQL).await?;
+    let tx = client.transaction().await?;
 
     let mut ids: Vec<&str> = ops.iter().map(|o| o.channel_id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    // No row locks needed: every writer of these columns is a journal batch, and batches are serialised by the
-    // advisory lock above (on every node), so nothing changes the rows between this read and the UPDATE below.
-    // A join with unnest, not `id = ANY($1)`: ANY over hundreds of ids is a linear search per row.
-    let select_sql = format!(
-        "SELECT {cols}, c.last_sequence FROM unnest($1::text[]) AS u(id) JOIN channels c ON c.id = u.id",
-        cols = COLUMNS
-            .split(", ")
-            .map(|col| format!("c.{col}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    // Prepared once per connection: these statements run for every batch.
-    let select = tx.prepare_cached(&select_sql).await?;
-    let mut work: HashMap<String, Working> = tx
-        .query(&select, &[&ids])
-        .await?
+    let fenced_ids: Vec<&str> = ops
+        .iter()
+        .filter(|o| o.fence.is_some())
+        .map(|o| o.channel_id.as_str())
+        .collect();
+    if cache.seqs.len() > SEQ_CACHE_MAX {
+        *cache = SeqCache::default();
+    }
+    let misses: Vec<&str> = match cache.last_id {
+        Some(_) => ids
+            .iter()
+            .copied()
+            .filter(|id| !cache.seqs.contains_key(*id))
+            .collect(),
+        None => ids.clone(),
+    };
+    let since = cache.last_id.unwrap_or(i64::MAX);
+    // Pipelined: one round trip. The server runs them in order, so the reads happen under the lock.
+    let lock_args: [&Param<'_>; 1] = [&EVENTS_LOCK];
+    let select_args: [&Param<'_>; 1] = [&ids];
+    let lease_args: [&Param<'_>; 1] = [&fenced_ids];
+    let miss_args: [&Param<'_>; 1] = [&misses];
+    let since_args: [&Param<'_>; 1] = [&since];
+    let (_, rows, lease_rows, looked_up, others, end) = tokio::try_join!(
+        tx.execute(&lock, &lock_args),
+        tx.query(&select, &select_args),
+        tx.query(&lease_check, &lease_args),
+        tx.query(&seq_lookup, &miss_args),
+        tx.query(&seq_others, &since_args),
+        tx.query_one(&log_end, &[]),
+    )?;
+    if cache.last_id.is_none() {
+        cache.seqs.clear();
+    }
+    let mut known: HashMap<&str, i64> = HashMap::new();
+    for r in looked_up.iter().chain(others.iter()) {
+        let (ch, seq): (&str, i64) = (r.get(0), r.get(1));
+        let e = known.entry(ch).or_insert(0);
+        *e = (*e).max(seq);
+    }
+    let log_end: i64 = end.get(0);
+    let mut work: HashMap<String, Working> = rows
         .iter()
         .map(|r| {
             let row = ChannelRow::from_row(r);
+            let floor: i64 = r.get("last_sequence");
+            let seq = floor
+                .max(known.get(row.id.as_str()).copied().unwrap_or(0))
+                .max(cache.seqs.get(&row.id).copied().unwrap_or(0));
             (
                 row.id.clone(),
                 Working {
-                    seq: r.get("last_sequence"),
+                    seq,
                     row,
                     dirty: false,
                 },
             )
         })
         .collect();
-    let fenced_ids: Vec<&str> = ops
-        .iter()
-        .filter(|o| o.fence.is_some())
-        .map(|o| o.channel_id.as_str())
-        .collect();
-    let mut leases: HashMap<String, (String, i64)> = if fenced_ids.is_empty() {
-        HashMap::new()
-    } else {
-        tx.query(
-            "SELECT l.channel_id, l.node_id, l.token FROM unnest($1::text[]) AS u(id) \
-             JOIN session_leases l ON l.channel_id = u.id WHERE l.expires_at > now() ORDER BY l.channel_id FOR SHARE OF l",
-            &[&fenced_ids],
-        )
-        .await?
+    // Channels other nodes wrote to and this batch does not touch: forget them (looked up when next needed).
+    for r in others.iter() {
+        let ch: &str = r.get(0);
+        if !work.contains_key(ch) {
+            cache.seqs.remove(ch);
+        }
+    }
+    let mut leases: HashMap<String, (String, i64)> = lease_rows
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2))))
-        .collect()
-    };
+        .collect();
 
     let now = Utc::now();
     let mut outcomes = Vec::with_capacity(ops.len());
@@ -320,6 +457,7 @@ async fn commit_batch(pool: &Pool, ops: &[&Op]) -> anyhow::Result<Vec<OpOutcome>
         }
 
         let row = &mut w.row;
+        let before = stored(row);
         let from = row.status;
         let mut names: Vec<(String, Value)> = Vec::new();
         let mut changed_status = false;
@@ -382,8 +520,11 @@ async fn commit_batch(pool: &Pool, ops: &[&Op]) -> anyhow::Result<Vec<OpOutcome>
         if op.delete && row.deleted_at.is_none() {
             row.deleted_at = Some(now);
         }
-        row.updated_at = now;
-        w.dirty = true;
+        // Events alone do not touch the channel row: its sequence comes from the log (see SELECT_SQL).
+        if stored(row) != before {
+            row.updated_at = now;
+            w.dirty = true;
+        }
 
         match &op.state {
             StateWrite::Keep => {}
@@ -435,6 +576,7 @@ async fn commit_batch(pool: &Pool, ops: &[&Op]) -> anyhow::Result<Vec<OpOutcome>
     }
 
     let dirty: Vec<&Working> = work.values().filter(|w| w.dirty).collect();
+    let mut update_args = None;
     if !dirty.is_empty() {
         let col = |f: fn(&Working) -> Option<String>| {
             dirty.iter().map(|w| f(w)).collect::<Vec<Option<String>>>()
@@ -455,20 +597,9 @@ async fn commit_batch(pool: &Pool, ops: &[&Op]) -> anyhow::Result<Vec<OpOutcome>
         let del = tcol(|w| w.row.deleted_at);
         let upd = tcol(|w| Some(w.row.updated_at));
         let seq: Vec<i64> = dirty.iter().map(|w| w.seq).collect();
-        tx.execute(
-            &tx.prepare_cached(
-            "UPDATE channels c SET status = u.status, status_reason = u.reason, status_since = u.since,
-                    phone_number = u.phone, qr_code = u.qr, qr_expires_at = u.qr_exp, pair_code = u.pc,
-                    pair_code_expires_at = u.pc_exp, last_connected_at = u.lc, deleted_at = u.del,
-                    last_sequence = u.seq, updated_at = u.upd
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[],
-                           $7::timestamptz[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[],
-                           $12::int8[], $13::timestamptz[])
-                    AS u(id, status, reason, since, phone, qr, qr_exp, pc, pc_exp, lc, del, seq, upd)
-              WHERE c.id = u.id").await?,
-            &[&ids, &status, &reason, &since, &phone, &qr, &qr_exp, &pc, &pc_exp, &lc, &del, &seq, &upd],
-        )
-        .await?;
+        update_args = Some((
+            ids, status, reason, since, phone, qr, qr_exp, pc, pc_exp, lc, del, seq, upd,
+        ));
     }
 
     for w in side {
@@ -507,43 +638,78 @@ async fn commit_batch(pool: &Pool, ops: &[&Op]) -> anyhow::Result<Vec<OpOutcome>
         }
     }
 
-    let mut ids: Vec<i64> = Vec::new();
-    if !pending.is_empty() {
-        let event_ids: Vec<&str> = pending.iter().map(|e| e.event_id.as_str()).collect();
-        let customers: Vec<&str> = pending.iter().map(|e| e.customer_id.as_str()).collect();
-        let modes: Vec<&str> = pending.iter().map(|e| e.mode.as_str()).collect();
-        let channels: Vec<&str> = pending.iter().map(|e| e.channel_id.as_str()).collect();
-        let seqs: Vec<i64> = pending.iter().map(|e| e.sequence).collect();
-        let names: Vec<&str> = pending.iter().map(|e| e.name.as_str()).collect();
-        let ats: Vec<DateTime<Utc>> = pending.iter().map(|e| e.at).collect();
-        let datas: Vec<&Value> = pending.iter().map(|e| &e.data).collect();
-        // ORDER BY ord makes nextval() run in the order the events happened.
-        let rows = tx
-            .query(
-                &tx.prepare_cached(
-                "INSERT INTO events (event_id, customer_id, mode, channel_id, sequence, event, occurred_at, data)
-                 SELECT e, c, m, ch, s, n, a, d FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
-                        $5::int8[], $6::text[], $7::timestamptz[], $8::jsonb[]) WITH ORDINALITY AS t(e, c, m, ch, s, n, a, d, ord)
-                 ORDER BY ord RETURNING id, event_id").await?,
-                &[&event_ids, &customers, &modes, &channels, &seqs, &names, &ats, &datas],
-            )
-            .await?;
-        let by_event: std::collections::HashMap<String, i64> = rows
-            .iter()
-            .map(|r| (r.get::<_, String>(1), r.get::<_, i64>(0)))
-            .collect();
-        ids = pending
-            .iter()
-            .map(|e| by_event.get(&e.event_id).copied().unwrap_or(0))
-            .collect();
-        let max = ids.iter().copied().max().unwrap_or(0);
-        tx.execute(
-            "SELECT pg_notify('whatisup_events', $1)",
-            &[&max.to_string()],
+    // The channel UPDATE, the event INSERT and the notification, pipelined: one round trip.
+    let event_ids: Vec<&str> = pending.iter().map(|e| e.event_id.as_str()).collect();
+    let customers: Vec<&str> = pending.iter().map(|e| e.customer_id.as_str()).collect();
+    let modes: Vec<&str> = pending.iter().map(|e| e.mode.as_str()).collect();
+    let channels: Vec<&str> = pending.iter().map(|e| e.channel_id.as_str()).collect();
+    let seqs: Vec<i64> = pending.iter().map(|e| e.sequence).collect();
+    let names: Vec<&str> = pending.iter().map(|e| e.name.as_str()).collect();
+    let ats: Vec<DateTime<Utc>> = pending.iter().map(|e| e.at).collect();
+    let datas: Vec<&Value> = pending.iter().map(|e| &e.data).collect();
+    let do_update = async {
+        match &update_args {
+            Some((
+                ids,
+                status,
+                reason,
+                since,
+                phone,
+                qr,
+                qr_exp,
+                pc,
+                pc_exp,
+                lc,
+                del,
+                seq,
+                upd,
+            )) => {
+                tx.execute(
+                    &update,
+                    &[
+                        ids, status, reason, since, phone, qr, qr_exp, pc, pc_exp, lc, del, seq,
+                        upd,
+                    ],
+                )
+                .await
+            }
+            None => Ok(0),
+        }
+    };
+    let do_insert = async {
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        tx.query(
+            &insert,
+            &[
+                &event_ids, &customers, &modes, &channels, &seqs, &names, &ats, &datas,
+            ],
         )
-        .await?;
-    }
+        .await
+    };
+    // No payload: every node's hub reads what is new when it hears of a commit.
+    let do_notify = async {
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        tx.execute("SELECT pg_notify('whatisup_events', '')", &[])
+            .await
+    };
+    let (_, rows, _) = tokio::try_join!(do_update, do_insert, do_notify)?;
+    let by_event: HashMap<String, i64> = rows
+        .iter()
+        .map(|r| (r.get::<_, String>(1), r.get::<_, i64>(0)))
+        .collect();
+    let ids: Vec<i64> = pending
+        .iter()
+        .map(|e| by_event.get(&e.event_id).copied().unwrap_or(0))
+        .collect();
     tx.commit().await?;
+    for w in work.values() {
+        cache.seqs.insert(w.row.id.clone(), w.seq);
+    }
+    cache.last_id = Some(ids.iter().copied().max().unwrap_or(0).max(log_end));
 
     // Subscribers get events from the hub, which reads the committed rows; callers only need to know them.
     for (idx, span) in spans {

@@ -4,6 +4,7 @@ mod auth;
 mod cluster;
 mod grpc;
 mod input;
+mod journal;
 mod lifecycle;
 mod restart;
 mod util;
