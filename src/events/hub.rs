@@ -14,7 +14,10 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
+/// Buffers are allocated whole when a topic is made; a subscriber that falls further behind is not lost, it
+/// reads the rest from the log.
 const TOPIC_CAPACITY: usize = 8_192;
+const CHANNEL_TOPIC_CAPACITY: usize = 128;
 const FETCH: i64 = 2_000;
 
 pub type Shared = Arc<EventRecord>;
@@ -47,7 +50,7 @@ impl Hub {
                 let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
                 topics
                     .entry(ch.to_string())
-                    .or_insert_with(|| broadcast::channel(TOPIC_CAPACITY / 8).0)
+                    .or_insert_with(|| broadcast::channel(CHANNEL_TOPIC_CAPACITY).0)
                     .subscribe()
             }
         }

@@ -111,31 +111,23 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Starts the writer on a thread of its own, with its own connections: under load (thousands of session
-    /// tasks) its database round trips do not wait in the shared runtime's queue, and every batch is one of them.
+    /// Starts the writer with connections of its own (a small pool), so that API traffic never waits behind it
+    /// for a connection and it never waits behind API traffic.
     pub fn spawn(database_url: &str, metrics: Arc<Metrics>) -> anyhow::Result<Journal> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let url = database_url.to_string();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        std::thread::Builder::new()
-            .name("whatisup-journal".into())
-            .spawn(move || {
-                rt.block_on(async move {
-                    // Connections made here have their drivers on this runtime.
-                    let pool = loop {
-                        match crate::store::connect(&url, 2).await {
-                            Ok(p) => break p,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "journal: connecting to the database");
-                                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                            }
-                        }
-                    };
-                    writer(pool, rx, metrics).await;
-                })
-            })?;
+        tokio::spawn(async move {
+            let pool = loop {
+                match crate::store::connect(&url, 2).await {
+                    Ok(p) => break p,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "journal: connecting to the database");
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                }
+            };
+            writer(pool, rx, metrics).await;
+        });
         Ok(Journal { tx })
     }
 
@@ -688,13 +680,17 @@ async fn commit_batch_inner(
         )
         .await
     };
-    // No payload: every node's hub reads what is new when it hears of a commit.
+    // The payload is the log's end (the server runs this after the INSERT): a hub that has read that far
+    // already skips the notification.
     let do_notify = async {
         if pending.is_empty() {
             return Ok(0);
         }
-        tx.execute("SELECT pg_notify('whatisup_events', '')", &[])
-            .await
+        tx.execute(
+            "SELECT pg_notify('whatisup_events', (SELECT coalesce(max(id), 0) FROM events)::text)",
+            &[],
+        )
+        .await
     };
     let (_, rows, _) = tokio::try_join!(do_update, do_insert, do_notify)?;
     let by_event: HashMap<String, i64> = rows
