@@ -12,7 +12,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status as GrpcStatus};
 
-const MAX_TEXT: usize = 65_536;
+// Commands reach a session on another node through NOTIFY, whose payload is limited to 8000 bytes.
+const MAX_TEXT: usize = 4_096;
 
 impl App {
     pub async fn sandbox_action(

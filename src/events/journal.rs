@@ -230,7 +230,7 @@ const SEQ_LOOKUP_SQL: &str =
 
 /// What other nodes committed since this writer's last batch (under the lock, so nothing is missed).
 const SEQ_OTHERS_SQL: &str =
-    "SELECT channel_id, max(sequence) FROM events WHERE id > $1 GROUP BY channel_id";
+    "SELECT channel_id, max(sequence), max(id) FROM events WHERE id > $1 GROUP BY channel_id";
 
 const LOG_END_SQL: &str = "SELECT coalesce(max(id), 0) FROM events";
 
@@ -372,13 +372,37 @@ async fn commit_batch_inner(
     let lease_args: [&Param<'_>; 1] = [&fenced_ids];
     let miss_args: [&Param<'_>; 1] = [&misses];
     let since_args: [&Param<'_>; 1] = [&since];
+    // Statements with nothing to do are not sent.
+    let lookups = async {
+        if misses.is_empty() {
+            Ok(Vec::new())
+        } else {
+            tx.query(&seq_lookup, &miss_args).await
+        }
+    };
+    let leases_read = async {
+        if fenced_ids.is_empty() {
+            Ok(Vec::new())
+        } else {
+            tx.query(&lease_check, &lease_args).await
+        }
+    };
+    let end_read = async {
+        match cache.last_id {
+            Some(id) => Ok(id),
+            None => tx
+                .query_one(&log_end, &[])
+                .await
+                .map(|r| r.get::<_, i64>(0)),
+        }
+    };
     let (_, rows, lease_rows, looked_up, others, end) = tokio::try_join!(
         tx.execute(&lock, &lock_args),
         tx.query(&select, &select_args),
-        tx.query(&lease_check, &lease_args),
-        tx.query(&seq_lookup, &miss_args),
+        leases_read,
+        lookups,
         tx.query(&seq_others, &since_args),
-        tx.query_one(&log_end, &[]),
+        end_read,
     )?;
     if cache.last_id.is_none() {
         cache.seqs.clear();
@@ -389,7 +413,11 @@ async fn commit_batch_inner(
         let e = known.entry(ch).or_insert(0);
         *e = (*e).max(seq);
     }
-    let log_end: i64 = end.get(0);
+    // The log's end as far as this writer knows: its own last insert, or later rows of other nodes.
+    let log_end: i64 = others
+        .iter()
+        .map(|r| r.get::<_, i64>(2))
+        .fold(end, i64::max);
     let mut work: HashMap<String, Working> = rows
         .iter()
         .map(|r| {
