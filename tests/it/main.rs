@@ -1,6 +1,7 @@
 //! Black-box tests against real gateways, a real PostgreSQL and real HTTP/SSE/gRPC clients.
 
 mod auth;
+mod cli;
 mod cluster;
 mod grpc;
 mod input;
