@@ -12,7 +12,6 @@ use axum::Router;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, request::Parts};
 use axum::middleware::Next;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
@@ -451,32 +450,48 @@ async fn events(
         .await?;
     let guard = GaugeGuard::new(app.metrics.subscribers.with_label_values(&["sse"]));
     let stop = stopping.0.clone();
+    let every = Duration::from_secs(app.cfg.sse_keepalive_secs.max(1));
+    let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Frames are written as the bytes each event carries, built once for all subscribers.
     let stream = futures::stream::unfold(
-        (sub, slot, guard, false),
-        move |(mut sub, slot, guard, done)| {
+        (sub, slot, guard, keepalive, false),
+        move |(mut sub, slot, guard, mut keepalive, done)| {
             let stop = stop.clone();
             async move {
                 if done {
                     return None;
                 }
-                let item = tokio::select! {
+                let (frame, done) = tokio::select! {
                     _ = stop.cancelled() => return None,
-                    item = sub.next() => item?,
+                    _ = keepalive.tick() => (axum::body::Bytes::from_static(b": keep-alive\n\n"), false),
+                    item = sub.next() => match item? {
+                        Ok(e) => {
+                            keepalive.reset();
+                            (e.sse.clone(), false)
+                        }
+                        Err(err) => {
+                            let body = serde_json::json!({"error": {"code": err.code.as_str(), "message": err.message}});
+                            (axum::body::Bytes::from(format!("event: error\ndata: {body}\n\n")), true)
+                        }
+                    },
                 };
-                let (frame, done) = match item {
-                Ok(e) => (SseEvent::default().id(e.id.to_string()).event(e.event.as_str()).data(e.json.as_str()), false),
-                Err(err) => (
-                    SseEvent::default().event("error").data(serde_json::json!({"error": {"code": err.code.as_str(), "message": err.message}}).to_string()),
-                    true,
-                ),
-            };
-                Some((Ok::<_, Infallible>(frame), (sub, slot, guard, done)))
+                Some((
+                    Ok::<_, Infallible>(frame),
+                    (sub, slot, guard, keepalive, done),
+                ))
             }
         },
     );
-    let keepalive =
-        KeepAlive::new().interval(Duration::from_secs(app.cfg.sse_keepalive_secs.max(1)));
-    Ok(Sse::new(stream).keep_alive(keepalive).into_response())
+    Ok((
+        [
+            ("content-type", "text/event-stream"),
+            ("cache-control", "no-cache"),
+            ("x-accel-buffering", "no"),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {

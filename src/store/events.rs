@@ -9,8 +9,9 @@ use tokio_postgres::types::ToSql;
 
 pub const API_VERSION: &str = "2026-04";
 
-/// One committed event. `json` is the envelope, serialised once and shared by every subscriber.
-#[derive(Debug, Clone)]
+/// One committed event. The envelope is serialised once (and the SSE frame and the gRPC message built at most
+/// once) and shared by every subscriber.
+#[derive(Debug)]
 pub struct EventRecord {
     /// Global, commit-ordered cursor.
     pub id: i64,
@@ -23,6 +24,9 @@ pub struct EventRecord {
     pub occurred_at: DateTime<Utc>,
     pub data: Value,
     pub json: String,
+    /// `id: …\nevent: …\ndata: <envelope>\n\n`
+    pub sse: axum::body::Bytes,
+    grpc: std::sync::OnceLock<crate::pb::Event>,
 }
 
 impl EventRecord {
@@ -40,6 +44,8 @@ impl EventRecord {
     ) -> EventRecord {
         let json =
             envelope(&event, &event_id, &channel_id, sequence, occurred_at, &data).to_string();
+        // serde_json's compact output has no newline, so the envelope is one `data:` line.
+        let sse = axum::body::Bytes::from(format!("id: {id}\nevent: {event}\ndata: {json}\n\n"));
         EventRecord {
             id,
             event_id,
@@ -51,6 +57,8 @@ impl EventRecord {
             occurred_at,
             data,
             json,
+            sse,
+            grpc: std::sync::OnceLock::new(),
         }
     }
 
@@ -70,6 +78,10 @@ impl EventRecord {
     }
 
     pub fn to_pb(&self) -> crate::pb::Event {
+        self.grpc.get_or_init(|| self.build_pb()).clone()
+    }
+
+    fn build_pb(&self) -> crate::pb::Event {
         crate::pb::Event {
             event: self.event.clone(),
             event_id: self.event_id.clone(),
