@@ -134,13 +134,6 @@ impl Node {
         self.sessions().len()
     }
 
-    pub fn fence_of(&self, channel_id: &str) -> Option<Fence> {
-        self.sessions().get(channel_id).map(|h| Fence {
-            node_id: self.id.clone(),
-            token: h.token,
-        })
-    }
-
     /// Claims the lease of one channel for this node (before the API's `connecting` transition).
     pub async fn claim(&self, channel_id: &str) -> ApiResult<Fence> {
         if self.stopping.is_cancelled() {

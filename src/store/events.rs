@@ -23,7 +23,6 @@ pub struct EventRecord {
     pub event: String,
     pub occurred_at: DateTime<Utc>,
     pub data: Value,
-    pub json: String,
     /// `id: …\nevent: …\ndata: <envelope>\n\n`
     pub sse: axum::body::Bytes,
     grpc: std::sync::OnceLock<crate::pb::Event>,
@@ -56,7 +55,6 @@ impl EventRecord {
             event,
             occurred_at,
             data,
-            json,
             sse,
             grpc: std::sync::OnceLock::new(),
         }
