@@ -46,6 +46,10 @@ impl App {
             )
             .detail("status", ch.status.as_str()));
         }
+        let action_id = match &action {
+            SandboxAction::Inbound { message_id, .. } => Some(message_id.clone()),
+            _ => None,
+        };
         let (reply, rx) = oneshot::channel();
         let delivered = self
             .node
@@ -64,7 +68,7 @@ impl App {
             ));
         }
         let message_id = match tokio::time::timeout(Duration::from_secs(15), rx).await {
-            Ok(Ok(r)) => r?,
+            Ok(Ok(r)) => r?.or(action_id),
             Ok(Err(_)) => {
                 return Err(ApiError::new(
                     Code::NotConnected,
@@ -136,6 +140,8 @@ pub fn inbound(r: pb::SandboxInboundRequest) -> ApiResult<(String, SandboxAction
     Ok((
         r.id,
         SandboxAction::Inbound {
+            // WhatsApp-like id, chosen here so the answer carries it wherever the session runs.
+            message_id: format!("3EB0{}", crate::crypto::random_base62(16).to_uppercase()),
             from: r.from,
             text: r.text,
         },

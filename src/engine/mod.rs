@@ -147,7 +147,9 @@ pub enum SandboxAction {
     },
     Revoke,
     Ban,
+    /// `message_id` is chosen by the caller, so it is known wherever the simulated phone runs.
     Inbound {
+        message_id: String,
         from: String,
         text: String,
     },

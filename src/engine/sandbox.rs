@@ -341,8 +341,11 @@ impl Phone {
                     .await;
                     return false;
                 }
-                SandboxAction::Inbound { from, text } => {
-                    let message_id = format!("3EB0{}", random_base62(16).to_uppercase());
+                SandboxAction::Inbound {
+                    message_id,
+                    from,
+                    text,
+                } => {
                     let (ack, acked) = oneshot::channel();
                     let message = Box::new(InboundMessage {
                         message_id: message_id.clone(),

@@ -52,14 +52,29 @@ pub enum Command {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Wire {
-    PairCode { phone_number: String },
-    Scan { phone_number: Option<String> },
-    Drop { duration_ms: u64 },
+    PairCode {
+        phone_number: String,
+    },
+    Scan {
+        phone_number: Option<String>,
+    },
+    Drop {
+        duration_ms: u64,
+    },
     Revoke,
     Ban,
-    Inbound { from: String, text: String },
-    Receipt { message_id: String, status: String },
-    Stop { logout: bool },
+    Inbound {
+        message_id: String,
+        from: String,
+        text: String,
+    },
+    Receipt {
+        message_id: String,
+        status: String,
+    },
+    Stop {
+        logout: bool,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -275,7 +290,15 @@ impl Node {
                     SandboxAction::Drop { duration_ms } => Wire::Drop { duration_ms },
                     SandboxAction::Revoke => Wire::Revoke,
                     SandboxAction::Ban => Wire::Ban,
-                    SandboxAction::Inbound { from, text } => Wire::Inbound { from, text },
+                    SandboxAction::Inbound {
+                        message_id,
+                        from,
+                        text,
+                    } => Wire::Inbound {
+                        message_id,
+                        from,
+                        text,
+                    },
                     SandboxAction::Receipt { message_id, status } => Wire::Receipt {
                         message_id,
                         status: status.as_str().to_string(),
@@ -323,8 +346,16 @@ impl Node {
                 action: Box::new(SandboxAction::Ban),
                 reply: None,
             },
-            Wire::Inbound { from, text } => Command::Sandbox {
-                action: Box::new(SandboxAction::Inbound { from, text }),
+            Wire::Inbound {
+                message_id,
+                from,
+                text,
+            } => Command::Sandbox {
+                action: Box::new(SandboxAction::Inbound {
+                    message_id,
+                    from,
+                    text,
+                }),
                 reply: None,
             },
             Wire::Receipt { message_id, status } => {

@@ -106,6 +106,41 @@ async fn two_nodes_one_owner_each_and_takeover_after_kill9() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // An inbound message sent through node B to a session that runs on node A: the id is known at once and the
+    // message is committed by A.
+    let (a_channel, _) = o.iter().find(|(_, n)| n == "node-a").unwrap().clone();
+    let (s, r) = api_b
+        .post(
+            &format!("/v1/channels/{a_channel}/sandbox/inbound"),
+            json!({"from": "+15550002222", "text": "via b"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let mid = r["message_id"]
+        .as_str()
+        .expect("message id across nodes")
+        .to_string();
+    let pg = db.client().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n: i64 = pg
+            .query_one(
+                "SELECT count(*) FROM events WHERE channel_id = $1 AND event = 'message.received' AND data->>'message_id' = $2",
+                &[&a_channel, &mid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the remote inbound message was committed once"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     let on_a: Vec<String> = o
         .iter()
         .filter(|(_, n)| n == "node-a")
