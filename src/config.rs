@@ -9,7 +9,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct Config {
     /// PostgreSQL URL; the database is created if missing.
     #[arg(
@@ -107,5 +107,46 @@ impl Config {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "node".to_string());
             format!("{host}-{}", &ulid::Ulid::new().to_string()[16..])
         })
+    }
+}
+
+/// Secrets never reach a log line, even through `{:?}`.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
+        // The URL may carry a password.
+        let url = match self.database_url.split_once('@') {
+            Some((creds, host)) if creds.contains(':') && creds.matches(':').count() > 1 => {
+                format!(
+                    "{}:<redacted>@{host}",
+                    &creds[..creds.rfind(':').unwrap_or(0)]
+                )
+            }
+            _ => self.database_url.clone(),
+        };
+        f.debug_struct("Config")
+            .field("database_url", &url)
+            .field("listen", &self.listen)
+            .field("master_key", &redacted(&self.master_key))
+            .field("master_key_previous", &redacted(&self.master_key_previous))
+            .field("data_dir", &self.data_dir)
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_redacts_secrets() {
+        let mut c = super::Config::from_env();
+        c.master_key = Some("c2VjcmV0LWtleS1zZWNyZXQta2V5LXNlY3JldC1rZXk=".into());
+        c.database_url = "postgres://app:hunter2@db:5432/whatisup".into();
+        let s = format!("{c:?}");
+        assert!(!s.contains("c2VjcmV0") && !s.contains("hunter2"), "{s}");
+        assert!(
+            s.contains("postgres://app:<redacted>@db:5432/whatisup"),
+            "{s}"
+        );
     }
 }
