@@ -50,7 +50,8 @@ pub enum FailReason {
     ClientOutdated,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ReceiptStatus {
     Delivered,
     Read,
@@ -136,8 +137,10 @@ pub enum EngineEvent {
     },
 }
 
-/// What the sandbox's simulated phone can be made to do (contract §4.3).
-#[derive(Debug, Clone)]
+/// What the sandbox's simulated phone can be made to do (contract §4.3). Serialisable: it travels to the node
+/// that runs the session.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
 pub enum SandboxAction {
     Scan {
         phone_number: Option<String>,

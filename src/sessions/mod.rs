@@ -49,32 +49,13 @@ pub enum Command {
     },
 }
 
+/// A command as it travels to another node (the reply channel stays behind).
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Wire {
-    PairCode {
-        phone_number: String,
-    },
-    Scan {
-        phone_number: Option<String>,
-    },
-    Drop {
-        duration_ms: u64,
-    },
-    Revoke,
-    Ban,
-    Inbound {
-        message_id: String,
-        from: String,
-        text: String,
-    },
-    Receipt {
-        message_id: String,
-        status: String,
-    },
-    Stop {
-        logout: bool,
-    },
+    PairCode { phone_number: String },
+    Sandbox { action: SandboxAction },
+    Stop { logout: bool },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -285,25 +266,7 @@ impl Node {
                 if let Some(r) = reply {
                     let _ = r.send(Ok(None));
                 }
-                match *action {
-                    SandboxAction::Scan { phone_number } => Wire::Scan { phone_number },
-                    SandboxAction::Drop { duration_ms } => Wire::Drop { duration_ms },
-                    SandboxAction::Revoke => Wire::Revoke,
-                    SandboxAction::Ban => Wire::Ban,
-                    SandboxAction::Inbound {
-                        message_id,
-                        from,
-                        text,
-                    } => Wire::Inbound {
-                        message_id,
-                        from,
-                        text,
-                    },
-                    SandboxAction::Receipt { message_id, status } => Wire::Receipt {
-                        message_id,
-                        status: status.as_str().to_string(),
-                    },
-                }
+                Wire::Sandbox { action: *action }
             }
         };
         let payload = serde_json::to_string(&RemoteCommand {
@@ -330,43 +293,10 @@ impl Node {
         let cmd = match rc.cmd {
             Wire::PairCode { phone_number } => Command::PairCode { phone_number },
             Wire::Stop { logout } => Command::Stop { logout },
-            Wire::Scan { phone_number } => Command::Sandbox {
-                action: Box::new(SandboxAction::Scan { phone_number }),
+            Wire::Sandbox { action } => Command::Sandbox {
+                action: Box::new(action),
                 reply: None,
             },
-            Wire::Drop { duration_ms } => Command::Sandbox {
-                action: Box::new(SandboxAction::Drop { duration_ms }),
-                reply: None,
-            },
-            Wire::Revoke => Command::Sandbox {
-                action: Box::new(SandboxAction::Revoke),
-                reply: None,
-            },
-            Wire::Ban => Command::Sandbox {
-                action: Box::new(SandboxAction::Ban),
-                reply: None,
-            },
-            Wire::Inbound {
-                message_id,
-                from,
-                text,
-            } => Command::Sandbox {
-                action: Box::new(SandboxAction::Inbound {
-                    message_id,
-                    from,
-                    text,
-                }),
-                reply: None,
-            },
-            Wire::Receipt { message_id, status } => {
-                match crate::engine::ReceiptStatus::parse(&status) {
-                    Some(status) => Command::Sandbox {
-                        action: Box::new(SandboxAction::Receipt { message_id, status }),
-                        reply: None,
-                    },
-                    None => return,
-                }
-            }
         };
         let tx = self.sessions().get(&rc.channel_id).map(|h| h.cmd.clone());
         if let Some(tx) = tx {

@@ -3,13 +3,6 @@ use prost::Message;
 use tonic_types::StatusExt;
 use whatisup::pb;
 
-fn authed<T>(msg: T, key: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {key}").parse().unwrap());
-    r
-}
-
 fn reason(s: &tonic::Status) -> String {
     s.get_error_details()
         .error_info()

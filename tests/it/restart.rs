@@ -5,13 +5,6 @@ use whatisup::pb;
 
 const T: Duration = Duration::from_secs(15);
 
-fn authed<T>(msg: T, key: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {key}").parse().unwrap());
-    r
-}
-
 async fn db_ids(db: &TestDb, channel: &str) -> Vec<i64> {
     let pg = db.client().await;
     let rows = pg

@@ -470,3 +470,13 @@ impl Proc {
         let _ = self.child.wait().await;
     }
 }
+
+/// A gRPC request with `authorization: Bearer <key>`.
+pub fn authed<T>(msg: T, key: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {key}").parse().expect("ascii key"),
+    );
+    r
+}
