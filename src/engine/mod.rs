@@ -6,6 +6,7 @@
 //! starts a fresh one from the persisted state.
 
 pub mod sandbox;
+pub mod whatsapp;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -1,0 +1,1 @@
+//! PostgreSQL backend for the whatsapp-rust store traits (sealed, keyed by channel).

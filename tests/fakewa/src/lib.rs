@@ -1,0 +1,1 @@
+//! A fake WhatsApp Web server for whatisup's tests and benchmarks.
