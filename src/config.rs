@@ -78,6 +78,21 @@ pub struct Config {
     /// Concurrent event streams (SSE + gRPC) one node serves.
     #[arg(long, env = "WHATISUP_MAX_STREAMS", default_value_t = 20_000)]
     pub max_streams: usize,
+    /// WhatsApp Web endpoint. Overridden by tests and benchmarks to point at a local fake server; a build with the
+    /// `fake-whatsapp` feature accepts only loopback endpoints.
+    #[arg(
+        long,
+        env = "WHATISUP_WA_URL",
+        default_value = "wss://web.whatsapp.com/ws/chat"
+    )]
+    pub wa_url: String,
+    /// WhatsApp Web client version announced at login (`2.3000.N`). A stale version is the first cause of
+    /// pairing failures in the field: update it here, no release needed.
+    #[arg(long, env = "WHATISUP_WA_VERSION", default_value = "2.3000.1042742319")]
+    pub wa_version: String,
+    /// Name shown on the phone's list of linked devices.
+    #[arg(long, env = "WHATISUP_WA_DEVICE_NAME", default_value = "whatisup")]
+    pub wa_device_name: String,
     /// Print the bootstrap keys on first start (tests turn it off).
     #[arg(skip = true)]
     pub print_bootstrap_keys: bool,
@@ -100,6 +115,21 @@ impl Config {
 
     pub fn lease_scan(&self) -> Duration {
         Duration::from_millis(self.lease_scan_ms.max(50))
+    }
+
+    /// `WHATISUP_WA_VERSION` as the three numbers the login payload carries.
+    pub fn wa_version(&self) -> anyhow::Result<(u32, u32, u32)> {
+        let parts: Vec<&str> = self.wa_version.trim().split('.').collect();
+        let parse = |s: &str| s.parse::<u32>().ok();
+        match parts.as_slice() {
+            [a, b, c] => match (parse(a), parse(b), parse(c)) {
+                (Some(a), Some(b), Some(c)) => Ok((a, b, c)),
+                _ => anyhow::bail!(
+                    "WHATISUP_WA_VERSION must be three numbers like 2.3000.1042742319"
+                ),
+            },
+            _ => anyhow::bail!("WHATISUP_WA_VERSION must be three numbers like 2.3000.1042742319"),
+        }
     }
 
     pub fn node_id(&self) -> String {

@@ -20,6 +20,7 @@ use crate::api::App;
 use crate::config::{Config, LogFormat};
 use crate::engine::Engine;
 use crate::engine::sandbox::{SandboxConfig, SandboxEngine};
+use crate::engine::whatsapp::{WhatsAppConfig, WhatsAppEngine};
 use anyhow::Context;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -137,12 +138,21 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         qr_ttl: Duration::from_millis(cfg.sandbox_qr_ttl_ms.max(100)),
         qr_count: cfg.sandbox_qr_count,
     }));
+    let whatsapp: Arc<dyn Engine> = Arc::new(WhatsAppEngine::new(
+        pool.clone(),
+        keys.clone(),
+        WhatsAppConfig {
+            url: cfg.wa_url.clone(),
+            version: cfg.wa_version()?,
+            device_name: cfg.wa_device_name.clone(),
+        },
+    )?);
     let node = sessions::Node::new(
         cfg.clone(),
         pool.clone(),
         journal.clone(),
         keys.clone(),
-        vec![sandbox],
+        vec![sandbox, whatsapp],
         metrics.clone(),
     );
     let app = Arc::new(App::new(

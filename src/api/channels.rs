@@ -156,10 +156,15 @@ impl App {
             _ => return Err(ApiError::channel_not_found(id)),
         };
         // The session (wherever it runs) unlinks the device and stops; its own writes are refused from now on.
-        let _ = self
-            .node
-            .command_to(owner, id, Command::Stop { logout: true })
-            .await;
+        match owner {
+            Some(owner) => {
+                let _ = self
+                    .node
+                    .command_to(Some(owner), id, Command::Stop { logout: true })
+                    .await;
+            }
+            None => self.node.forget_keys(&ch.engine, id).await,
+        }
         Ok(channel.to_pb())
     }
 
@@ -240,10 +245,15 @@ impl App {
             }
             _ => return Err(ApiError::channel_not_found(id)),
         };
-        let _ = self
-            .node
-            .command_to(owner, id, Command::Stop { logout: true })
-            .await;
+        match owner {
+            Some(owner) => {
+                let _ = self
+                    .node
+                    .command_to(Some(owner), id, Command::Stop { logout: true })
+                    .await;
+            }
+            None => self.node.forget_keys(&ch.engine, id).await,
+        }
         Ok(channel.to_pb())
     }
 

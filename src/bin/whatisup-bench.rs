@@ -5,6 +5,11 @@
 //!   whatisup-bench fanout [--seconds 20] [--rate 1000]
 //!   whatisup-bench fanout-scale [--seconds 10] [--rate 1000] [--steps 10,50,100,200,400]
 //!   whatisup-bench journal [--seconds 10]
+//!   whatisup-bench wa [--channels 100] [--messages 5000] [--idle-secs 30]
+//!
+//! `wa` runs the real WhatsApp engine against the fake WhatsApp server (the `fakewa` binary next to this one).
+//! It needs both built for it: `cargo build --release --features fake-whatsapp --bins && cargo build --release
+//! -p fakewa`. (The gateway built that way accepts only loopback WhatsApp endpoints.)
 //!
 //! Every scenario stops by itself; all traffic goes to 127.0.0.1.
 
@@ -74,6 +79,7 @@ struct Gateway {
     child: tokio::process::Child,
     base: String,
     test_key: Option<String>,
+    live_key: Option<String>,
 }
 
 impl Gateway {
@@ -92,6 +98,7 @@ impl Gateway {
                 std::env::temp_dir().join("whatisup-bench"),
             )
             .env("WHATISUP_NODE_ID", "bench-node")
+            .env("WHATISUP_WA_URL", "ws://127.0.0.1:9/ws/chat")
             .env("WHATISUP_RATE_LIMIT_BURST", "100000000")
             .env("WHATISUP_RATE_LIMIT_PER_SEC", "100000000")
             .env("WHATISUP_SANDBOX_CONNECT_MS", "0")
@@ -127,17 +134,29 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let mut test_key = None;
+        let (mut test_key, mut live_key) = (None, None);
         while let Ok(l) = rx.try_recv() {
             if let Some(k) = l.trim().strip_prefix("test key: ") {
                 test_key = k.split_whitespace().next().map(str::to_string);
+            }
+            if let Some(k) = l.trim().strip_prefix("live key: ") {
+                live_key = k.split_whitespace().next().map(str::to_string);
             }
         }
         Ok(Gateway {
             child,
             base,
             test_key,
+            live_key,
         })
+    }
+
+    /// CPU time (user + system) the process has used, in seconds.
+    fn cpu_secs(&self) -> f64 {
+        let Some(pid) = self.child.id() else {
+            return 0.0;
+        };
+        cpu_secs_of(pid)
     }
 
     fn rss_kib(&self) -> u64 {
@@ -163,6 +182,16 @@ impl Gateway {
         tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
         Ok(t.elapsed())
     }
+}
+
+fn cpu_secs_of(pid: u32) -> f64 {
+    // Fields 14 and 15 of /proc/PID/stat (after the parenthesised name) are utime and stime in clock ticks.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // The fields after ')' start at field 3 (state): utime is field 14 → index 11, stime index 12.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn http() -> reqwest::Client {
@@ -833,6 +862,233 @@ async fn journal(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fake WhatsApp server as a child process.
+struct Fake {
+    /// Held so the server lives as long as this value (killed on drop).
+    _child: tokio::process::Child,
+    base: String,
+}
+
+impl Fake {
+    async fn spawn() -> anyhow::Result<Fake> {
+        let exe = std::env::current_exe()?.with_file_name("fakewa");
+        if !exe.exists() {
+            bail!(
+                "{} is missing: build it with `cargo build --release -p fakewa`",
+                exe.display()
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = tokio::process::Command::new(&exe)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = reqwest::get(format!("{base}/control/stats")).await
+                && r.status() == 200
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("fakewa did not answer");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Fake {
+            _child: child,
+            base,
+        })
+    }
+
+    fn ws_url(&self) -> String {
+        format!("{}/ws/chat", self.base.replacen("http://", "ws://", 1))
+    }
+}
+
+/// Creates `n` live channels and pairs each with its own fake phone (create, QR, the phone scans), `conc` at a
+/// time. Returns (channel id, phone number).
+async fn pair_wa_channels(
+    gw: &Gateway,
+    fake: &Fake,
+    key: &str,
+    from: usize,
+    n: usize,
+    conc: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let c = http();
+    let out: Vec<anyhow::Result<(String, String)>> = futures::stream::iter(from..from + n)
+        .map(|i| {
+            let (c, base, fbase, key) = (
+                c.clone(),
+                gw.base.clone(),
+                fake.base.clone(),
+                key.to_string(),
+            );
+            async move {
+                let ch = post(
+                    &c,
+                    format!("{base}/v1/channels"),
+                    &key,
+                    serde_json::json!({"name": format!("wa-{i}")}),
+                )
+                .await?;
+                let id = ch["id"].as_str().context("id")?.to_string();
+                let qr: serde_json::Value = c
+                    .get(format!("{base}/v1/channels/{id}/qr?wait=30"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let code = qr["qr"].as_str().with_context(|| format!("no qr: {qr}"))?;
+                let phone = format!("+1555{i:07}");
+                let r = c
+                    .post(format!("{fbase}/control/scan"))
+                    .json(&serde_json::json!({"qr": code, "phone_number": phone}))
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!("scan: {}", r.text().await?);
+                }
+                Ok((id, phone))
+            }
+        })
+        .buffer_unordered(conc)
+        .collect()
+        .await;
+    out.into_iter().collect()
+}
+
+async fn count_events(pg: &tokio_postgres::Client, event: &str) -> anyhow::Result<i64> {
+    Ok(pg
+        .query_one("SELECT count(*) FROM events WHERE event = $1", &[&event])
+        .await?
+        .get(0))
+}
+
+async fn wa(args: &[String]) -> anyhow::Result<()> {
+    let n: usize = arg(args, "--channels", "100").parse()?;
+    let m: usize = arg(args, "--messages", "5000").parse()?;
+    let idle: u64 = arg(args, "--idle-secs", "30").parse()?;
+    let fake = Fake::spawn().await?;
+    let db = BenchDb::new();
+    let env = [("WHATISUP_WA_URL", fake.ws_url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let gw = Gateway::spawn(&db, &env).await?;
+    let key = gw.live_key.clone().context("bootstrap live key")?;
+    let pg = db.client().await?;
+
+    // Warm-up and baseline: a few channels, so pools and the allocator are in their steady state.
+    const WARM: usize = 5;
+    pair_wa_channels(&gw, &fake, &key, 0, WARM, WARM).await?;
+    wait_connected(&pg, WARM as i64, Duration::from_secs(120)).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss0 = gw.rss_kib();
+
+    let t = Instant::now();
+    let chans = pair_wa_channels(&gw, &fake, &key, WARM, n, 32).await?;
+    let total = (n + WARM) as i64;
+    wait_connected(&pg, total, Duration::from_secs(900)).await?;
+    let paired_in = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss1 = gw.rss_kib();
+    println!(
+        "wa: {n} live channels paired by QR (32 at a time) and connected in {:.1} s",
+        paired_in.as_secs_f64()
+    );
+    println!(
+        "wa: gateway RSS {:.1} MiB with {WARM} sessions, {:.1} MiB with {total}: {:.0} KiB per session",
+        rss0 as f64 / 1024.0,
+        rss1 as f64 / 1024.0,
+        rss1.saturating_sub(rss0) as f64 / n as f64
+    );
+
+    let c0 = gw.cpu_secs();
+    tokio::time::sleep(Duration::from_secs(idle)).await;
+    let c1 = gw.cpu_secs();
+    println!(
+        "wa: idle (keep-alives only) for {idle} s with {total} sessions: {:.2} % of one core",
+        (c1 - c0) / idle as f64 * 100.0
+    );
+
+    // Inbound: fake contacts send texts, the engine decrypts them, the gateway commits `message.received`.
+    let before = count_events(&pg, "message.received").await?;
+    let c = http();
+    let t = Instant::now();
+    let sent: Vec<anyhow::Result<()>> = futures::stream::iter(0..m)
+        .map(|i| {
+            let (c, fbase) = (c.clone(), fake.base.clone());
+            let phone = chans[i % chans.len()].1.clone();
+            async move {
+                let r = c
+                    .post(format!("{fbase}/control/devices/{phone}/inbound"))
+                    .json(&serde_json::json!({"from": format!("+1666{:07}", i % 97), "text": format!("bench message {i}")}))
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!("inbound: {}", r.text().await?);
+                }
+                Ok(())
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    sent.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    let injected = t.elapsed();
+    let want = before + m as i64;
+    while count_events(&pg, "message.received").await? < want {
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "only {} of {m} inbound messages committed",
+                count_events(&pg, "message.received").await? - before
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all_in = t.elapsed();
+    println!(
+        "wa: {m} inbound texts over {} channels: injected in {:.2} s, all decrypted and committed in {:.2} s: {:.0} messages/s",
+        chans.len(),
+        injected.as_secs_f64(),
+        all_in.as_secs_f64(),
+        m as f64 / all_in.as_secs_f64()
+    );
+
+    // Restart: every session resumes from the sealed store (no QR).
+    let qr_before = count_events(&pg, "qr.updated").await?;
+    let stop = gw.terminate().await?;
+    let t = Instant::now();
+    let gw2 = Gateway::spawn(&db, &env).await?;
+    wait_connected(&pg, total, Duration::from_secs(600)).await?;
+    let back = t.elapsed();
+    println!(
+        "wa: SIGTERM took {:.2} s; restart → all {total} connected again in {:.1} s, {} new QR codes",
+        stop.as_secs_f64(),
+        back.as_secs_f64(),
+        count_events(&pg, "qr.updated").await? - qr_before
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    println!(
+        "wa: RSS after the restart with {total} sessions: {:.1} MiB",
+        gw2.rss_kib() as f64 / 1024.0
+    );
+    drop(gw2);
+    drop(fake);
+    drop(pg);
+    db.drop_db().await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -841,9 +1097,10 @@ async fn main() -> anyhow::Result<()> {
         Some("fanout") => fanout(&args).await,
         Some("fanout-scale") => fanout_scale(&args).await,
         Some("journal") => journal(&args).await,
+        Some("wa") => wa(&args).await,
         _ => {
             eprintln!(
-                "usage: whatisup-bench sessions|fanout|fanout-scale|journal [options] (see the file header)"
+                "usage: whatisup-bench sessions|fanout|fanout-scale|journal|wa [options] (see the file header)"
             );
             std::process::exit(2);
         }

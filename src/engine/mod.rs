@@ -169,11 +169,19 @@ pub trait Engine: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Opens one connection attempt. An `Err(Network)` is retried by the supervisor with backoff.
     async fn start(&self, req: StartRequest) -> Result<Box<dyn EngineSession>, EngineError>;
+    /// Deletes whatever the engine keeps for the channel outside `session_state` (the device's keys). Called
+    /// once no session of the channel runs any more after a logout or a delete.
+    async fn forget(&self, _channel_id: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 #[async_trait]
 pub trait EngineSession: Send + Sync {
     async fn request_pair_code(&self, phone_number: &str) -> Result<(), EngineError>;
+    /// Sends a text to an E.164 number under `message_id`, fixed by the caller before the send (see
+    /// [`new_message_id`]) so that a send interrupted by a crash can be recognised, not repeated.
+    async fn send_text(&self, to: &str, text: &str, message_id: &str) -> Result<(), EngineError>;
     /// Unlinks the device from the account.
     async fn logout(&self) -> Result<(), EngineError>;
     /// Closes the connection after flushing; emits nothing more.
@@ -182,4 +190,12 @@ pub trait EngineSession: Send + Sync {
     async fn sandbox(&self, _action: SandboxAction) -> Result<Option<String>, EngineError> {
         Err(EngineError::NotSandbox)
     }
+}
+
+/// A WhatsApp-shaped message id (`3EB0` + 18 upper-case hex digits), as WhatsApp Web makes them.
+pub fn new_message_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 9];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    format!("3EB0{}", hex::encode_upper(b))
 }

@@ -90,6 +90,8 @@ impl Engine for SandboxEngine {
 enum Ctl {
     Action(Box<SandboxAction>),
     PairCode(String),
+    /// A text for the simulated network: accepted once the phone is paired.
+    Send,
     Logout,
 }
 
@@ -118,6 +120,10 @@ impl EngineSession for SandboxSession {
         self.call(Ctl::PairCode(phone_number.to_string()))
             .await
             .map(|_| ())
+    }
+
+    async fn send_text(&self, _to: &str, _text: &str, _id: &str) -> Result<(), EngineError> {
+        self.call(Ctl::Send).await.map(|_| ())
     }
 
     async fn logout(&self) -> Result<(), EngineError> {
@@ -246,7 +252,7 @@ impl Phone {
                                 let _ = reply.send(Ok(None));
                                 return Next::End;
                             }
-                            Ctl::Action(_) => {
+                            Ctl::Action(_) | Ctl::Send => {
                                 let _ = reply.send(Err(EngineError::InvalidState(
                                     "the simulated phone is not paired yet: scan first".into(),
                                 )));
@@ -304,6 +310,9 @@ impl Phone {
             }
             Ctl::PairCode(_) => {
                 let _ = reply.send(Err(EngineError::InvalidState("already paired".into())));
+            }
+            Ctl::Send => {
+                let _ = reply.send(Ok(None));
             }
             Ctl::Action(action) => match *action {
                 SandboxAction::Scan { .. } => {

@@ -122,6 +122,17 @@ impl Node {
         self.engines.contains_key(name)
     }
 
+    /// Wipes the keys an engine keeps for a channel whose session runs nowhere (a running session does it
+    /// itself when it stops).
+    pub async fn forget_keys(&self, engine: &str, channel_id: &str) {
+        let Some(engine) = self.engines.get(engine) else {
+            return;
+        };
+        if let Err(e) = engine.forget(channel_id).await {
+            tracing::error!(channel_id, error = %e, "wiping the engine's keys failed");
+        }
+    }
+
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Handle>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -196,6 +207,7 @@ impl Node {
                 Duration::from_millis(self.cfg.reconnect_base_ms),
                 Duration::from_millis(self.cfg.reconnect_max_ms),
             ),
+            forget_on_exit: false,
         };
         let handle = tokio::spawn(task.run(start, cmd_rx));
         sessions.insert(
@@ -441,6 +453,8 @@ struct Session {
     lease_lost: Arc<AtomicBool>,
     status: Status,
     backoff: Backoff,
+    /// Stopped by a logout or a delete: the engine's keys go once the session is down.
+    forget_on_exit: bool,
 }
 
 impl Session {
@@ -485,6 +499,11 @@ impl Session {
         let outcome = self.lifecycle(start, &mut cmds).await;
         if let Outcome::Shutdown = outcome {
             Box::pin(self.leave()).await;
+        }
+        if self.forget_on_exit
+            && let Err(e) = Box::pin(self.engine.forget(&self.channel_id)).await
+        {
+            tracing::error!(channel_id = %self.channel_id, error = %e, "wiping the engine's keys failed");
         }
         self.node.forget(&self.channel_id, self.fence.token);
     }
@@ -557,7 +576,10 @@ impl Session {
                     _ = self.cancel.cancelled() => return self.cancelled(),
                     cmd = cmds.recv() => match cmd {
                         None => return Outcome::Fenced,
-                        Some(Command::Stop { .. }) => return Outcome::Fenced,
+                        Some(Command::Stop { logout }) => {
+                            self.forget_on_exit |= logout;
+                            return Outcome::Fenced;
+                        }
                         Some(Command::Sandbox { reply, .. }) => {
                             if let Some(r) = reply {
                                 let _ = r.send(Err(ApiError::new(Code::NotConnected, "the session is reconnecting")));
@@ -607,6 +629,28 @@ impl Session {
                 Ok(None)
             }
         }
+    }
+
+    async fn already_committed(&self, message_id: &str, from: &str) -> Result<bool, Outcome> {
+        let client = self.node.pool.get().await.map_err(|_| Outcome::Retry)?;
+        let lookup = async {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT 1 FROM events WHERE channel_id = $1 AND event = 'message.received' \
+                     AND data->>'message_id' = $2 AND data->>'from' = $3 LIMIT 1",
+                )
+                .await?;
+            client
+                .query_opt(&stmt, &[&self.channel_id, &message_id, &from])
+                .await
+        };
+        let row = lookup
+            .await
+            .map_err(|e| {
+                tracing::warn!(channel_id = %self.channel_id, error = %e, "inbound dedup lookup failed");
+                Outcome::Retry
+            })?;
+        Ok(row.is_some())
     }
 
     /// One engine session, from start to its end.
@@ -666,6 +710,7 @@ impl Session {
                         if logout && let Err(e) = session.logout().await {
                             tracing::warn!(channel_id = %self.channel_id, error = %e, "unlinking the device failed");
                         }
+                        self.forget_on_exit |= logout;
                         return Outcome::Fenced;
                     }
                     // Engine calls run beside the event loop: they may wait for events this loop must commit
@@ -775,6 +820,11 @@ impl Session {
                 self.write(op).await
             }
             EngineEvent::Inbound { message, ack } => {
+                // A redelivery (our ack was lost) of what is already committed: acknowledge it again, add nothing.
+                if Box::pin(self.already_committed(&message.message_id, &message.from)).await? {
+                    let _ = ack.send(());
+                    return Ok(());
+                }
                 let mut data = json!({
                     "message_id": message.message_id,
                     "from": message.from,

@@ -14,8 +14,19 @@ use tokio_postgres::NoTls;
 pub use deadpool_postgres::Pool as PgPool;
 
 /// Migrations, applied in order at start; each runs once, recorded in `schema_migrations`.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "core", include_str!("../../migrations/0001_core.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "core", include_str!("../../migrations/0001_core.sql")),
+    (
+        2,
+        "hot_updates",
+        include_str!("../../migrations/0002_hot_updates.sql"),
+    ),
+    (
+        4,
+        "inbound_dedup",
+        include_str!("../../migrations/0004_inbound_dedup.sql"),
+    ),
+];
 
 /// Serialises migrations (and the first-start bootstrap) across nodes starting together.
 const MIGRATION_LOCK: i64 = 0x7768_6174_6973_7570; // "whatisup"
@@ -116,4 +127,28 @@ pub async fn migrate(pool: &Pool) -> anyhow::Result<()> {
 
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", ulid::Ulid::new())
+}
+
+#[cfg(test)]
+mod tests {
+    /// A migration file that is not in the list never runs (0002 once sat unlisted).
+    #[test]
+    fn every_migration_file_is_listed() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .expect("migrations dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        for f in &files {
+            let version: i32 = f[..4].parse().expect("NNNN_ prefix");
+            assert!(
+                super::MIGRATIONS.iter().any(|(v, ..)| *v == version),
+                "{f} is not in MIGRATIONS"
+            );
+        }
+        assert_eq!(files.len(), super::MIGRATIONS.len());
+    }
 }

@@ -72,8 +72,12 @@ pub fn test_config(db: &TestDb) -> Config {
     c.sandbox_qr_ttl_ms = 3_000;
     c.sandbox_qr_count = 3;
     c.print_bootstrap_keys = false;
+    c.wa_url = NO_WHATSAPP.to_string();
     c
 }
+
+/// A loopback endpoint nothing listens on (the discard port), for tests that use no WhatsApp server.
+pub const NO_WHATSAPP: &str = "ws://127.0.0.1:9/ws/chat";
 
 pub struct Keys {
     pub customer_id: String,
@@ -397,6 +401,8 @@ impl Proc {
             .env("WHATISUP_RECONNECT_MAX_MS", "400")
             .env("WHATISUP_SANDBOX_CONNECT_MS", "20")
             .env("WHATISUP_SANDBOX_QR_TTL_MS", "5000")
+            // Nothing listens there: a build with `fake-whatsapp` only accepts loopback endpoints.
+            .env("WHATISUP_WA_URL", NO_WHATSAPP)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

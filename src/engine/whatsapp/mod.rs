@@ -1,3 +1,729 @@
-//! The WhatsApp engine on whatsapp-rust. The only module that may name the crate's types.
+//! The WhatsApp engine on whatsapp-rust. The only module that may name the crate's types: everything leaves it
+//! as our own `EngineEvent`s.
+//!
+//! One engine session is one logical connection attempt, driven by one task. The crate's own reconnect loop is
+//! switched off (`enable_auto_reconnect = false`): the supervisor owns reconnect policy, and a lost connection
+//! ends the session (`Disconnected`) so the supervisor can start a fresh client from the persisted store after
+//! its backoff. The one reconnect the engine does itself is the 515 restart that follows a successful pairing,
+//! which is part of logging in, not a failure. A client is always disconnected before another is built for the
+//! same channel (no zombie clients).
 
 pub mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use deadpool_postgres::Pool;
+use serde_json::json;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use whatsapp_rust::bot::{Bot, BotHandle};
+use whatsapp_rust::client::Client;
+use whatsapp_rust::pair_code::PairCodeOptions;
+use whatsapp_rust::prelude::{
+    Event, EventHandler, EventInterest, EventKind, MessageBuilderExt, MessageExt, SendOptions,
+};
+use whatsapp_rust::transport::TokioWebSocketTransportFactory;
+use whatsapp_rust::types::durability_hook::{InboundDurabilityHook, InboundMessage as WaInbound};
+use whatsapp_rust::types::events::ConnectFailureReason;
+use whatsapp_rust::types::presence::ReceiptType;
+use whatsapp_rust::{Jid, Server};
+
+use super::{
+    Engine, EngineError, EngineEvent, EngineSession, FailReason, InboundMessage, LogoutReason,
+    ReceiptStatus, StartRequest,
+};
+use crate::crypto::MasterKeys;
+use whatsapp_rust::store::traits::Backend;
+
+/// Lifecycle events the crate may emit between two polls of the driver; far more than one connection produces.
+const RAW_QUEUE: usize = 1_024;
+/// A pairing is followed by one server-requested restart; more than this in a row is a misbehaving server.
+const MAX_LOGIN_RESTARTS: u32 = 3;
+/// How long a graceful stop may take (the client flushes pending acks and state).
+const STOP_TIMEOUT: Duration = Duration::from_secs(8);
+
+#[derive(Clone)]
+pub struct WhatsAppConfig {
+    pub url: String,
+    pub version: (u32, u32, u32),
+    pub device_name: String,
+}
+
+pub struct WhatsAppEngine {
+    pool: Pool,
+    keys: Arc<MasterKeys>,
+    cfg: WhatsAppConfig,
+    http: Arc<http::ReqwestHttp>,
+}
+
+impl WhatsAppEngine {
+    /// Refuses an endpoint a build with `fake-whatsapp` must not talk to: that build does not verify WhatsApp's
+    /// certificate chain, so it may only ever reach a local fake server.
+    pub fn new(
+        pool: Pool,
+        keys: Arc<MasterKeys>,
+        cfg: WhatsAppConfig,
+    ) -> anyhow::Result<WhatsAppEngine> {
+        if cfg!(feature = "fake-whatsapp") {
+            if !is_loopback_ws(&cfg.url) {
+                anyhow::bail!(
+                    "this binary was built with the `fake-whatsapp` feature (no certificate-chain verification) and \
+                     refuses the non-loopback WhatsApp endpoint {}; build without the feature for real WhatsApp",
+                    cfg.url
+                );
+            }
+            tracing::warn!(
+                url = %cfg.url,
+                "BUILT WITH `fake-whatsapp`: WhatsApp server certificates are NOT verified; loopback endpoints only"
+            );
+        }
+        Ok(WhatsAppEngine {
+            pool,
+            keys,
+            cfg,
+            http: Arc::new(http::ReqwestHttp::new()?),
+        })
+    }
+}
+
+/// `ws://127.0.0.1…`, `ws://[::1]…` or `ws://localhost…` (any scheme, any port or path).
+fn is_loopback_ws(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>()
+        .map(|ip| ip.is_loopback())
+        .unwrap_or(false)
+}
+
+#[async_trait]
+impl Engine for WhatsAppEngine {
+    fn name(&self) -> &'static str {
+        "whatsapp"
+    }
+
+    async fn start(&self, req: StartRequest) -> Result<Box<dyn EngineSession>, EngineError> {
+        let store = store::open(self.pool.clone(), self.keys.clone(), &req.channel_id);
+        if req.state.is_none() {
+            // No persisted session: whatever the store still holds for this channel belongs to an unlinked device.
+            store::wipe(&self.pool, &req.channel_id)
+                .await
+                .map_err(|e| EngineError::Network(format!("clearing old device keys: {e}")))?;
+        }
+        let shared = Arc::new(Shared {
+            channel_id: req.channel_id.clone(),
+            client: Mutex::new(None),
+            stop: CancellationToken::new(),
+            done: CancellationToken::new(),
+        });
+        let driver = Driver {
+            shared: shared.clone(),
+            store,
+            pool: self.pool.clone(),
+            cfg: self.cfg.clone(),
+            http: self.http.clone(),
+            events: req.events,
+        };
+        tokio::spawn(async move {
+            let done = driver.shared.done.clone();
+            driver.run().await;
+            done.cancel();
+        });
+        Ok(Box::new(WaSession { shared }))
+    }
+
+    async fn forget(&self, channel_id: &str) -> Result<(), EngineError> {
+        store::wipe(&self.pool, channel_id)
+            .await
+            .map_err(|e| EngineError::Other(format!("wiping device keys: {e}")))
+    }
+}
+
+struct Shared {
+    channel_id: String,
+    /// The live client, once built; None between restarts.
+    client: Mutex<Option<Arc<Client>>>,
+    /// The supervisor asked the session to end.
+    stop: CancellationToken,
+    /// The driver has finished (its client is disconnected).
+    done: CancellationToken,
+}
+
+struct WaSession {
+    shared: Arc<Shared>,
+}
+
+impl WaSession {
+    async fn client(&self) -> Result<Arc<Client>, EngineError> {
+        self.shared
+            .client
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| EngineError::InvalidState("the session is not connected".into()))
+    }
+}
+
+#[async_trait]
+impl EngineSession for WaSession {
+    async fn request_pair_code(&self, phone_number: &str) -> Result<(), EngineError> {
+        let client = self.client().await?;
+        if client.is_logged_in() {
+            return Err(EngineError::InvalidState(
+                "the device is already paired".into(),
+            ));
+        }
+        let digits: String = phone_number.chars().filter(char::is_ascii_digit).collect();
+        let options = PairCodeOptions {
+            phone_number: digits,
+            ..Default::default()
+        };
+        // The code itself arrives as an event (`PairingCode`), like a QR code.
+        client
+            .pair_with_code(options)
+            .await
+            .map(|_| ())
+            .map_err(|e| EngineError::InvalidState(format!("pair code refused: {e}")))
+    }
+
+    async fn send_text(&self, to: &str, text: &str, message_id: &str) -> Result<(), EngineError> {
+        let client = self.client().await?;
+        if !client.is_logged_in() {
+            return Err(EngineError::Network("not logged in".into()));
+        }
+        let digits: String = to.chars().filter(char::is_ascii_digit).collect();
+        if digits.is_empty() {
+            return Err(EngineError::InvalidState(format!(
+                "not a phone number: {to}"
+            )));
+        }
+        let jid = Jid::pn(digits);
+        let options = SendOptions::default().with_message_id(message_id);
+        client
+            .send_message_with_options(
+                jid,
+                whatsapp_rust::prelude::wa::Message::text(text),
+                options,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| EngineError::Network(format!("send failed: {e}")))
+    }
+
+    async fn logout(&self) -> Result<(), EngineError> {
+        if let Ok(client) = self.client().await {
+            // Sends the remove-companion request to the server (best effort), then disconnects.
+            client.logout().await;
+        }
+        self.stop().await;
+        Ok(())
+    }
+
+    async fn stop(&self) {
+        self.shared.stop.cancel();
+        if tokio::time::timeout(
+            STOP_TIMEOUT + Duration::from_secs(2),
+            self.shared.done.cancelled(),
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!(channel_id = %self.shared.channel_id, "whatsapp session did not stop in time");
+        }
+    }
+}
+
+/// How one client's run ended.
+enum RunEnd {
+    /// The server restarts the stream after pairing (515): log in with a fresh client.
+    LoginRestart,
+    /// A terminal event (logout, replaced, ban, outdated) was handed to the supervisor.
+    Terminal,
+    /// The connection was lost or could not be made; the supervisor retries.
+    Lost(String),
+    /// The supervisor stopped the session.
+    Stopped,
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    store: Arc<dyn Backend>,
+    pool: Pool,
+    cfg: WhatsAppConfig,
+    http: Arc<http::ReqwestHttp>,
+    events: mpsc::Sender<EngineEvent>,
+}
+
+impl Driver {
+    async fn run(self) {
+        let mut restarts = 0;
+        loop {
+            let end = Box::pin(self.run_client()).await;
+            *self.shared.client.lock().await = None;
+            match end {
+                RunEnd::LoginRestart if restarts < MAX_LOGIN_RESTARTS => {
+                    restarts += 1;
+                    continue;
+                }
+                RunEnd::LoginRestart => {
+                    self.emit(EngineEvent::Disconnected {
+                        detail: "the server kept restarting the login stream".into(),
+                    })
+                    .await
+                }
+                RunEnd::Lost(detail) => self.emit(EngineEvent::Disconnected { detail }).await,
+                RunEnd::Terminal | RunEnd::Stopped => {}
+            }
+            return;
+        }
+    }
+
+    async fn emit(&self, ev: EngineEvent) {
+        // The supervisor stopped listening: the session is over either way.
+        let _ = self.events.send(ev).await;
+    }
+
+    async fn build(&self, raw_tx: mpsc::Sender<Arc<Event>>) -> anyhow::Result<Bot> {
+        let transport = TokioWebSocketTransportFactory::new().with_url(self.cfg.url.clone());
+        let bot = Bot::builder()
+            .with_backend_arc(self.store.clone())
+            .with_transport_factory(transport)
+            .with_http_client(self.http.as_ref().clone())
+            .with_version(self.cfg.version)
+            .with_push_name(self.cfg.device_name.clone())
+            .skip_history_sync()
+            .with_event_handler(Forwarder {
+                tx: raw_tx,
+                channel_id: self.shared.channel_id.clone(),
+            })
+            .with_inbound_durability_hook(CommitHook {
+                events: self.events.clone(),
+            })
+            .build()
+            .await?;
+        Ok(bot)
+    }
+
+    async fn run_client(&self) -> RunEnd {
+        if self.shared.stop.is_cancelled() {
+            return RunEnd::Stopped;
+        }
+        let (raw_tx, mut raw_rx) = mpsc::channel(RAW_QUEUE);
+        let bot = match self.build(raw_tx).await {
+            Ok(b) => b,
+            Err(e) => return RunEnd::Lost(format!("building the client: {e:#}")),
+        };
+        let client = bot.client();
+        // Our supervisor decides about reconnects (with its own backoff and retry budget).
+        client.enable_auto_reconnect.store(false, Ordering::Relaxed);
+        *self.shared.client.lock().await = Some(client.clone());
+        let mut handle = bot.spawn();
+        let mut st = RunState::default();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shared.stop.cancelled() => {
+                    stop_client(&client, handle).await;
+                    return RunEnd::Stopped;
+                }
+                ev = raw_rx.recv() => {
+                    let Some(ev) = ev else { continue };
+                    if self.on_event(&client, &ev, &mut st).await {
+                        stop_client(&client, handle).await;
+                        return RunEnd::Terminal;
+                    }
+                }
+                _ = &mut handle => {
+                    // Events dispatched before the run loop ended are already queued.
+                    while let Ok(ev) = raw_rx.try_recv() {
+                        if self.on_event(&client, &ev, &mut st).await {
+                            return RunEnd::Terminal;
+                        }
+                    }
+                    if st.paired && !st.connected {
+                        // Make sure the new identity is on disk before the next client loads it.
+                        client.disconnect().await;
+                        return RunEnd::LoginRestart;
+                    }
+                    return RunEnd::Lost(st.detail.take().unwrap_or_else(|| {
+                        if st.connected { "connection closed".into() } else { "could not connect".into() }
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Hands one crate event to the supervisor. True when the session is over for good.
+    async fn on_event(&self, client: &Arc<Client>, ev: &Event, st: &mut RunState) -> bool {
+        let channel_id = &self.shared.channel_id;
+        match ev {
+            Event::PairingQrCode(qr) => {
+                self.emit(EngineEvent::Qr {
+                    code: qr.code.clone(),
+                    expires_at: Utc::now() + qr.timeout,
+                })
+                .await;
+            }
+            Event::PairingQrCodesExhausted(_) => self.emit(EngineEvent::QrExhausted).await,
+            Event::PairingCode(pc) => {
+                self.emit(EngineEvent::PairCode {
+                    code: format_pair_code(&pc.code),
+                    expires_at: Utc::now() + pc.timeout,
+                })
+                .await;
+            }
+            Event::PairSuccess(ok) => {
+                st.paired = true;
+                // Durable before we say so: a restart from here on resumes this device instead of pairing again.
+                if let Err(e) = client.persistence_manager().flush().await {
+                    tracing::warn!(channel_id, error = %e, "flushing the paired device failed");
+                }
+                self.emit(EngineEvent::Paired {
+                    phone_number: e164(&ok.id),
+                })
+                .await;
+                self.emit(EngineEvent::StateChanged {
+                    state: marker(&ok.id),
+                })
+                .await;
+            }
+            Event::PairError(e) => {
+                st.detail = Some(format!("pairing failed: {}", e.error));
+            }
+            Event::Connected(_) => {
+                st.connected = true;
+                match client.pn() {
+                    Some(pn) => {
+                        self.emit(EngineEvent::Connected {
+                            phone_number: e164(&pn),
+                        })
+                        .await
+                    }
+                    None => {
+                        tracing::warn!(channel_id, "connected without a phone number in the store");
+                        self.emit(EngineEvent::Connected {
+                            phone_number: String::new(),
+                        })
+                        .await
+                    }
+                }
+            }
+            Event::Disconnected(d) => {
+                st.detail = Some(d.reason.to_string());
+            }
+            Event::LoggedOut(lo) => {
+                let reason = if lo.reason == ConnectFailureReason::AccountLocked {
+                    None
+                } else if lo.on_connect {
+                    Some(LogoutReason::SessionInvalidated)
+                } else {
+                    Some(LogoutReason::Logout)
+                };
+                self.wipe().await;
+                match reason {
+                    Some(reason) => self.emit(EngineEvent::LoggedOut { reason }).await,
+                    // A locked account needs a person, like a ban; its keys are dead all the same.
+                    None => {
+                        self.emit(EngineEvent::Failed {
+                            reason: FailReason::Banned { until: None },
+                        })
+                        .await
+                    }
+                }
+                return true;
+            }
+            Event::StreamReplaced(_) => {
+                self.wipe().await;
+                self.emit(EngineEvent::LoggedOut {
+                    reason: LogoutReason::KickedOtherDevice,
+                })
+                .await;
+                return true;
+            }
+            Event::TemporaryBan(ban) => {
+                let until = Utc::now().checked_add_signed(ban.expire);
+                self.emit(EngineEvent::Failed {
+                    reason: FailReason::Banned { until },
+                })
+                .await;
+                return true;
+            }
+            Event::ClientOutdated(_) => {
+                tracing::error!(
+                    channel_id,
+                    version = ?self.cfg.version,
+                    "WhatsApp refuses this client version as outdated; set WHATISUP_WA_VERSION to a current one"
+                );
+                self.emit(EngineEvent::Failed {
+                    reason: FailReason::ClientOutdated,
+                })
+                .await;
+                return true;
+            }
+            Event::ConnectFailure(f) => match f.reason {
+                ConnectFailureReason::ClientOutdated => {
+                    self.emit(EngineEvent::Failed {
+                        reason: FailReason::ClientOutdated,
+                    })
+                    .await;
+                    return true;
+                }
+                ConnectFailureReason::TempBanned => {
+                    self.emit(EngineEvent::Failed {
+                        reason: FailReason::Banned { until: None },
+                    })
+                    .await;
+                    return true;
+                }
+                other => st.detail = Some(format!("connect refused: {other:?}")),
+            },
+            Event::Receipt(r) => {
+                let status = match r.r#type {
+                    ReceiptType::Delivered => ReceiptStatus::Delivered,
+                    ReceiptType::Read => ReceiptStatus::Read,
+                    ReceiptType::Played => ReceiptStatus::Played,
+                    _ => return false,
+                };
+                if r.source.is_from_me {
+                    return false;
+                }
+                for id in &r.message_ids {
+                    self.emit(EngineEvent::Receipt {
+                        message_id: id.to_string(),
+                        status,
+                        at: r.timestamp,
+                    })
+                    .await;
+                }
+            }
+            _ => {}
+        }
+        false
+    }
+
+    async fn wipe(&self) {
+        if let Err(e) = store::wipe(&self.pool, &self.shared.channel_id).await {
+            // The supervisor also wipes when the channel is next paired (a start without state clears the store).
+            tracing::error!(channel_id = %self.shared.channel_id, error = %e, "wiping device keys failed");
+        }
+    }
+}
+
+#[derive(Default)]
+struct RunState {
+    paired: bool,
+    connected: bool,
+    detail: Option<String>,
+}
+
+async fn stop_client(client: &Arc<Client>, handle: BotHandle) {
+    // disconnect() flushes pending acks, receipts and device state, then ends the run loop. Cut short by the
+    // timeout, the dropped handle aborts the client's task.
+    let graceful = async {
+        client.disconnect().await;
+        handle.await;
+    };
+    if tokio::time::timeout(STOP_TIMEOUT, graceful).await.is_err() {
+        tracing::warn!("whatsapp client did not stop in time; aborted");
+    }
+}
+
+/// What `session_state` holds for a WhatsApp channel: which account the store belongs to. The keys themselves
+/// live in the sealed `wa_*` tables.
+fn marker(jid: &Jid) -> Vec<u8> {
+    json!({"engine": "whatsapp", "jid": jid.to_string()})
+        .to_string()
+        .into_bytes()
+}
+
+fn e164(jid: &Jid) -> String {
+    format!("+{}", jid.user)
+}
+
+/// `ABCDEFGH` → `ABCD-EFGH`, as the phone shows it.
+fn format_pair_code(code: &str) -> String {
+    if code.len() == 8 && code.is_ascii() {
+        format!("{}-{}", &code[..4], &code[4..])
+    } else {
+        code.to_string()
+    }
+}
+
+/// The sender as an E.164 number where the stanza tells it (LID-addressed senders carry their phone number as
+/// the alternate address), otherwise the address itself.
+fn sender_of(info: &whatsapp_rust::prelude::MessageInfo) -> String {
+    let src = &info.source;
+    let pn = [Some(&src.sender), src.sender_alt.as_ref()]
+        .into_iter()
+        .flatten()
+        .find(|j| j.server == Server::Pn);
+    match pn {
+        Some(j) => e164(j),
+        None if src.is_group => src.chat.to_non_ad_string(),
+        None => src.sender.to_non_ad_string(),
+    }
+}
+
+/// Forwards the crate's lifecycle events, in dispatch order, to the session's driver. Dispatch is synchronous
+/// inside the client, so this only queues.
+struct Forwarder {
+    tx: mpsc::Sender<Arc<Event>>,
+    channel_id: String,
+}
+
+impl EventHandler for Forwarder {
+    fn handle_event(&self, event: Arc<Event>) {
+        if let Err(mpsc::error::TrySendError::Full(ev)) = self.tx.try_send(event) {
+            tracing::warn!(channel_id = %self.channel_id, kind = ?ev.kind(), "engine event queue full; event dropped");
+        }
+    }
+
+    fn interest(&self) -> EventInterest {
+        EventInterest::of(&[
+            EventKind::PairingQrCode,
+            EventKind::PairingQrCodesExhausted,
+            EventKind::PairingCode,
+            EventKind::PairSuccess,
+            EventKind::PairError,
+            EventKind::Connected,
+            EventKind::Disconnected,
+            EventKind::LoggedOut,
+            EventKind::StreamReplaced,
+            EventKind::TemporaryBan,
+            EventKind::ClientOutdated,
+            EventKind::ConnectFailure,
+            EventKind::Receipt,
+        ])
+    }
+}
+
+/// Inbound durability: the client acknowledges messages to WhatsApp only after this returns Ok, and we return
+/// Ok only once the supervisor has committed the `message.received` events. A crash in between means WhatsApp
+/// redelivers; the supervisor drops what it already committed.
+struct CommitHook {
+    events: mpsc::Sender<EngineEvent>,
+}
+
+#[async_trait]
+impl InboundDurabilityHook for CommitHook {
+    async fn on_messages(
+        &self,
+        _client: Arc<Client>,
+        batch: &[WaInbound],
+    ) -> whatsapp_rust::anyhow::Result<()> {
+        for m in batch {
+            let body = match m.message.text_content() {
+                Some(text) => json!({"type": "text", "text": text}),
+                None => json!({"type": "unsupported"}),
+            };
+            let (ack, committed) = oneshot::channel();
+            let message = InboundMessage {
+                message_id: m.info.id.to_string(),
+                from: sender_of(&m.info),
+                timestamp: m.info.timestamp,
+                body,
+            };
+            self.events
+                .send(EngineEvent::Inbound {
+                    message: Box::new(message),
+                    ack,
+                })
+                .await
+                .map_err(|_| whatsapp_rust::anyhow::anyhow!("session ended before the commit"))?;
+            committed
+                .await
+                .map_err(|_| whatsapp_rust::anyhow::anyhow!("message not committed"))?;
+        }
+        Ok(())
+    }
+}
+
+mod http {
+    //! The crate's HTTP needs (media, version lookup) on reqwest, with timeouts.
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use whatsapp_rust::http::{HttpClient, HttpRequest, HttpResponse};
+
+    /// Largest body accepted from a media server.
+    const MAX_BODY: usize = 128 * 1024 * 1024;
+
+    #[derive(Clone)]
+    pub struct ReqwestHttp {
+        client: reqwest::Client,
+    }
+
+    impl ReqwestHttp {
+        pub fn new() -> anyhow::Result<ReqwestHttp> {
+            let client = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(120))
+                .build()?;
+            Ok(ReqwestHttp { client })
+        }
+    }
+
+    #[async_trait]
+    impl HttpClient for ReqwestHttp {
+        async fn execute(
+            &self,
+            request: HttpRequest,
+        ) -> whatsapp_rust::anyhow::Result<HttpResponse> {
+            let method = reqwest::Method::from_bytes(request.method.as_bytes())?;
+            let mut req = self.client.request(method, &request.url);
+            for (k, v) in &request.headers {
+                req = req.header(k, v);
+            }
+            if let Some(body) = request.body {
+                req = req.body(body);
+            }
+            let resp = req.send().await?;
+            let status_code = resp.status().as_u16();
+            if resp.content_length().is_some_and(|n| n as usize > MAX_BODY) {
+                whatsapp_rust::anyhow::bail!("response body too large");
+            }
+            let body = resp.bytes().await?;
+            if body.len() > MAX_BODY {
+                whatsapp_rust::anyhow::bail!("response body too large");
+            }
+            Ok(HttpResponse {
+                status_code,
+                body: body.to_vec(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_endpoints() {
+        assert!(is_loopback_ws("ws://127.0.0.1:5555/ws/chat"));
+        assert!(is_loopback_ws("ws://localhost:1/ws/chat"));
+        assert!(is_loopback_ws("ws://[::1]:80/ws/chat"));
+        assert!(!is_loopback_ws("wss://web.whatsapp.com/ws/chat"));
+        assert!(!is_loopback_ws("ws://127.0.0.1.evil.com/ws"));
+        assert!(!is_loopback_ws("ws://10.0.0.1/ws"));
+        assert!(!is_loopback_ws("garbage"));
+    }
+
+    #[test]
+    fn pair_codes_shown_as_on_the_phone() {
+        assert_eq!(format_pair_code("ABCDEFGH"), "ABCD-EFGH");
+        assert_eq!(format_pair_code("ABC"), "ABC");
+    }
+}

@@ -1,0 +1,206 @@
+//! The real WhatsApp engine (whatsapp-rust) against the fake WhatsApp server over a loopback WebSocket, with the
+//! gateway's real PostgreSQL store. Built only with the `fake-whatsapp` feature (the test command sets it).
+
+use crate::util::*;
+use fakewa::FakeWa;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Pairing includes the crate's wait for the phone's app-state keys; the fake shortens it, but be generous.
+const T: Duration = Duration::from_secs(30);
+
+async fn fake() -> FakeWa {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind fake");
+    FakeWa::start(l).await.expect("fake WhatsApp server starts")
+}
+
+fn wa_config(db: &TestDb, fake: &FakeWa) -> whatisup::config::Config {
+    let mut c = test_config(db);
+    c.wa_url = fake.ws_url();
+    c
+}
+
+/// Rows the WhatsApp store holds for a channel, over every `wa_*` table.
+async fn store_rows(db: &TestDb, channel_id: &str) -> i64 {
+    let c = db.client().await;
+    let tables: Vec<String> = c
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_name LIKE 'wa\\_%'",
+            &[],
+        )
+        .await
+        .expect("tables")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!tables.is_empty(), "no wa_* tables");
+    let mut n = 0;
+    for t in tables {
+        let row = c
+            .query_one(
+                &format!("SELECT count(*) FROM {t} WHERE channel_id = $1"),
+                &[&channel_id],
+            )
+            .await
+            .expect("count");
+        n += row.get::<_, i64>(0);
+    }
+    n
+}
+
+/// Creates a live channel, shows its QR, has the fake phone scan it; returns the channel id once connected.
+async fn pair(api: &Api, fake: &FakeWa, phone: &str) -> String {
+    let id = api.create_channel("wa").await;
+    let (s, qr) = api.get(&format!("/v1/channels/{id}/qr?wait=20")).await;
+    assert_eq!(s, 200, "{qr}");
+    let code = qr["qr"].as_str().expect("qr string").to_string();
+    fake.scan(&code, phone).await.expect("the phone scans the QR");
+    let ch = api.wait_status(&id, "connected", T).await;
+    assert_eq!(ch["phone_number"], phone, "{ch}");
+    assert_eq!(ch["engine"], "whatsapp");
+    id
+}
+
+async fn events_of(db: &TestDb, channel_id: &str, event: &str) -> Vec<Value> {
+    let c = db.client().await;
+    c.query(
+        "SELECT data FROM events WHERE channel_id = $1 AND event = $2 ORDER BY sequence",
+        &[&channel_id, &event],
+    )
+    .await
+    .expect("events")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qr_pairing_inbound_blip_restart_and_logout() {
+    let db = TestDb::new();
+    let fake = fake().await;
+    let gw = Gw::start(wa_config(&db, &fake)).await;
+    let keys = gw.customer("acme").await;
+    let api = Api::new(&gw.base, &keys.live);
+    let phone = "+15550001111";
+    let id = pair(&api, &fake, phone).await;
+    assert!(store_rows(&db, &id).await > 0, "the device is in the store");
+    // Sealed: no plaintext marker of the account in any stored value.
+    let qr_events = events_of(&db, &id, "qr.updated").await;
+    assert!(!qr_events.is_empty());
+
+    // Inbound text from a fake contact, decrypted by the client, committed before the ack.
+    let mut sse = Sse::open(&gw.base, &format!("channel_id={id}"), &keys.live, None).await;
+    let mid = fake
+        .inbound(phone, "+15557654321", "hello from the fake phone")
+        .await
+        .expect("inbound");
+    let frames = sse.until(T, |f| f.event == "message.received").await;
+    let got = &frames.last().expect("message.received").data["data"];
+    assert_eq!(got["text"], "hello from the fake phone", "{got}");
+    assert_eq!(got["from"], "+15557654321");
+    assert_eq!(got["type"], "text");
+    assert_eq!(got["message_id"], mid.as_str());
+
+    // A network blip: reconnecting, then connected again by itself (no QR).
+    fake.drop_connection(phone).await.expect("drop");
+    let frames = sse.until(T, is_status("connected")).await;
+    let tr = transitions(&frames);
+    assert!(
+        tr.iter().any(|(_, to, _)| to == "reconnecting"),
+        "blip went through reconnecting: {tr:?}"
+    );
+    assert!(!frames.iter().any(|f| f.event == "qr.updated"));
+
+    // Gateway restart: the session resumes from the sealed store without a QR.
+    gw.stop().await;
+    let gw = Gw::start(wa_config(&db, &fake)).await;
+    let api = Api::new(&gw.base, &keys.live);
+    let ch = api.wait_status(&id, "connected", T).await;
+    assert_eq!(ch["phone_number"], phone);
+    assert_eq!(
+        events_of(&db, &id, "qr.updated").await.len(),
+        qr_events.len(),
+        "no new QR after the restart"
+    );
+
+    // Logged out on the phone: disconnected / logout, keys gone, and a new QR on the next connect.
+    fake.logout(phone).await.expect("logout");
+    let ch = api.wait_status(&id, "disconnected", T).await;
+    assert_eq!(ch["status_reason"], "logout");
+    let mut rows = store_rows(&db, &id).await;
+    for _ in 0..50 {
+        if rows == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rows = store_rows(&db, &id).await;
+    }
+    assert_eq!(rows, 0, "store rows left after logout");
+    let (s, qr) = api.get(&format!("/v1/channels/{id}/qr?wait=20")).await;
+    assert_eq!(s, 200, "{qr}");
+    assert!(qr["qr"].as_str().is_some());
+    gw.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_banned_and_outdated() {
+    let db = TestDb::new();
+    let fake = fake().await;
+    let gw = Gw::start(wa_config(&db, &fake)).await;
+    let keys = gw.customer("acme").await;
+    let api = Api::new(&gw.base, &keys.live);
+
+    let a = pair(&api, &fake, "+15550002001").await;
+    fake.replace("+15550002001").await.expect("replace");
+    let ch = api.wait_status(&a, "disconnected", T).await;
+    assert_eq!(ch["status_reason"], "kicked_other_device");
+
+    let b = pair(&api, &fake, "+15550002002").await;
+    fake.ban("+15550002002", 3600).await.expect("ban");
+    let ch = api.wait_status(&b, "failed", T).await;
+    assert_eq!(ch["status_reason"], "banned");
+    let failed = events_of(&db, &b, "channel.failed").await;
+    let until = failed
+        .last()
+        .and_then(|d| d["banned_until"].as_str().map(str::to_string));
+    assert!(until.is_some(), "ban expiry in the event: {failed:?}");
+
+    let c = pair(&api, &fake, "+15550002003").await;
+    fake.outdated("+15550002003").await.expect("outdated");
+    let ch = api.wait_status(&c, "failed", T).await;
+    assert_eq!(ch["status_reason"], "client_outdated");
+    gw.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_code_pairing() {
+    let db = TestDb::new();
+    let fake = fake().await;
+    let gw = Gw::start(wa_config(&db, &fake)).await;
+    let keys = gw.customer("acme").await;
+    let api = Api::new(&gw.base, &keys.live);
+    let id = api.create_channel("wa").await;
+    // The session starts with the QR; the pair code replaces it.
+    let (s, _) = api.get(&format!("/v1/channels/{id}/qr?wait=20")).await;
+    assert_eq!(s, 200);
+    let (s, pc) = api
+        .post(
+            &format!("/v1/channels/{id}/pair-code"),
+            json!({"phone_number": "+15550003001"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{pc}");
+    let code = pc["code"].as_str().expect("code").to_string();
+    assert_eq!(code.len(), 9, "{code}");
+    fake.pair_code("+15550003001", &code)
+        .await
+        .expect("the phone enters the code");
+    let ch = api.wait_status(&id, "connected", T).await;
+    assert_eq!(ch["phone_number"], "+15550003001");
+    gw.stop().await;
+    db.drop_db().await;
+}
