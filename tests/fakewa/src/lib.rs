@@ -1,1 +1,318 @@
-//! A fake WhatsApp Web server for whatisup's tests and benchmarks.
+//! `fakewa`: a fake WhatsApp Web server that the unmodified `whatsapp-rust` client talks to as if
+//! it were WhatsApp. It serves the client WebSocket at `/ws/chat` and a JSON control API on the
+//! same port, and plays every other party: the server, the user's phone (QR and pair-code linking,
+//! the app-state key share) and any number of contacts with real Signal identities.
+//!
+//! Test and benchmark use only; the client must be built with `danger-skip-cert-chain-verify`,
+//! because our certificate chain is not signed by WhatsApp's root key.
+
+mod conn;
+mod http;
+mod iq;
+mod noise;
+mod pairing;
+mod signal;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::state::Shared;
+
+/// A running fake server. Dropping it stops the server (use [`FakeWa::shutdown`] to wait for it).
+pub struct FakeWa {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// A linked companion device, as the control API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub phone_number: String,
+    /// The companion's device number (`phone:device@s.whatsapp.net`).
+    pub device_id: u16,
+    pub jid: String,
+    pub lid: String,
+    /// Logged in on a live connection right now.
+    pub connected: bool,
+    /// Unix seconds until which logins are refused with a temporary ban, if banned.
+    pub banned_until: Option<u64>,
+    /// Unix seconds of the pairing.
+    pub paired_at: u64,
+    /// Successful logins since pairing.
+    pub logins: u64,
+    /// The Noise pattern of the last login: `"XX"`, `"IK"` or `"XX-fallback"`.
+    pub last_handshake: Option<String>,
+    /// The last login opened with the edge-routing pre-intro the server handed out earlier.
+    pub last_edge_routed: bool,
+    /// One-time pre-keys the client uploaded and contacts have not consumed yet.
+    pub prekeys: usize,
+}
+
+/// Server-wide counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// WebSocket connections open right now (paired or not).
+    pub open_connections: u64,
+    pub paired_devices: usize,
+    pub connected_devices: usize,
+    /// Completed Noise handshakes by pattern since start.
+    pub handshakes_xx: u64,
+    pub handshakes_ik: u64,
+    pub handshakes_xx_fallback: u64,
+}
+
+/// A text the client sent to a fake contact, decrypted with the contact's Signal session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outbound {
+    /// The contact's phone number.
+    pub to: String,
+    pub text: String,
+    pub message_id: String,
+}
+
+/// A message injected with [`FakeWa::inbound`] and whether the client has acknowledged it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundStatus {
+    pub message_id: String,
+    pub from: String,
+    pub text: String,
+    /// Unix milliseconds when the stanza was handed to the connection.
+    pub sent_at_ms: u64,
+    /// Unix milliseconds of the client's delivery receipt (or transport ack), if it came.
+    pub acked_at_ms: Option<u64>,
+    /// The receipt type the client sent (`"delivery"` for a plain receipt, else e.g. `"read"`).
+    pub receipt: Option<String>,
+}
+
+/// What a fake contact reports about a message the client sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiptStatus {
+    Delivered,
+    Read,
+}
+
+/// Why a control request could not be carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlError {
+    /// No device is paired for this phone number.
+    UnknownPhone(String),
+    /// The device exists but has no live, logged-in connection.
+    NotConnected(String),
+    /// A referenced object (QR ref, message id…) does not exist.
+    NotFound(String),
+    /// The request itself is malformed.
+    BadRequest(String),
+    /// The request is valid but the protocol exchange it started failed.
+    Failed(String),
+}
+
+impl std::fmt::Display for ControlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::UnknownPhone(p) => write!(f, "no device is paired for phone number {p}"),
+            Self::NotConnected(p) => write!(f, "the device of phone number {p} is not connected"),
+            Self::NotFound(what) => write!(f, "{what}"),
+            Self::BadRequest(what) => write!(f, "bad request: {what}"),
+            Self::Failed(what) => write!(f, "{what}"),
+        }
+    }
+}
+
+impl std::error::Error for ControlError {}
+
+pub type ControlResult<T> = Result<T, ControlError>;
+
+impl FakeWa {
+    /// Serves `/ws/chat` and `/control/…` on `listener` until shut down.
+    pub async fn start(listener: TcpListener) -> anyhow::Result<FakeWa> {
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new()?);
+        let app = http::router(shared.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!("fakewa server stopped: {e}");
+            }
+        });
+        tracing::info!("fakewa listening on {addr}");
+        Ok(FakeWa {
+            shared,
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The client WebSocket URL, for `TokioWebSocketTransportFactory::with_url`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws/chat", self.addr)
+    }
+
+    /// The fake phone scans a QR code shown by a client (`Event::PairingQrCode::code`) and links
+    /// it to `phone_number`. Returns once the client has countersigned the pairing (it then gets
+    /// the 515 stream error and reconnects to log in).
+    pub async fn scan(&self, qr: &str, phone_number: &str) -> ControlResult<DeviceInfo> {
+        self.shared.scan(qr, phone_number).await
+    }
+
+    /// The fake phone enters the pairing code a client displays (`Event::PairingCode::code`)
+    /// for `phone_number`. Returns once the pairing is countersigned; a wrong code is an error.
+    pub async fn pair_code(&self, phone_number: &str, code: &str) -> ControlResult<DeviceInfo> {
+        self.shared.pair_code(phone_number, code).await
+    }
+
+    /// Drops the device's connection without a word, like a network blip.
+    pub async fn drop_connection(&self, phone_number: &str) -> ControlResult<()> {
+        self.shared.drop_connection(phone_number).await
+    }
+
+    /// Unlinks the device from the phone: `stream:error` 401 with `device_removed` if connected,
+    /// and the device is forgotten, so its credentials get `<failure reason=401>` from now on.
+    pub async fn logout(&self, phone_number: &str) -> ControlResult<()> {
+        self.shared.logout(phone_number).await
+    }
+
+    /// Tells the connection that another session replaced it (`conflict type=replaced`).
+    pub async fn replace(&self, phone_number: &str) -> ControlResult<()> {
+        self.shared.replace(phone_number).await
+    }
+
+    /// Temporarily bans the account: the live connection (if any) and every login until the ban
+    /// expires get `<failure reason=402 code=101 expire=…>`.
+    pub async fn ban(&self, phone_number: &str, expire_secs: u64) -> ControlResult<()> {
+        self.shared.ban(phone_number, expire_secs).await
+    }
+
+    /// Rejects the live connection as an outdated client (`<failure reason=405>`). One-shot: a
+    /// later login is accepted again.
+    pub async fn outdated(&self, phone_number: &str) -> ControlResult<()> {
+        self.shared.outdated(phone_number).await
+    }
+
+    /// Delivers a text from the fake contact `from` (a phone number) to the device, Signal-
+    /// encrypted (`pkmsg` for a new session, `msg` afterwards). Returns the message id.
+    pub async fn inbound(
+        &self,
+        phone_number: &str,
+        from: &str,
+        text: &str,
+    ) -> ControlResult<String> {
+        self.shared.inbound(phone_number, from, text).await
+    }
+
+    /// The state of a message injected with [`Self::inbound`].
+    pub async fn inbound_status(
+        &self,
+        phone_number: &str,
+        message_id: &str,
+    ) -> ControlResult<InboundStatus> {
+        self.shared.inbound_status(phone_number, message_id)
+    }
+
+    /// Every message injected for the device, oldest first.
+    pub async fn inbound_list(&self, phone_number: &str) -> ControlResult<Vec<InboundStatus>> {
+        self.shared.inbound_list(phone_number)
+    }
+
+    /// Waits until the client acknowledged the injected message; `Ok(false)` on timeout.
+    pub async fn wait_inbound_acked(
+        &self,
+        phone_number: &str,
+        message_id: &str,
+        timeout: Duration,
+    ) -> ControlResult<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self
+                .shared
+                .inbound_status(phone_number, message_id)?
+                .acked_at_ms
+                .is_some()
+            {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The contact reports delivery or reading of a message the client sent it.
+    pub async fn receipt(
+        &self,
+        phone_number: &str,
+        message_id: &str,
+        status: ReceiptStatus,
+    ) -> ControlResult<()> {
+        self.shared.receipt(phone_number, message_id, status).await
+    }
+
+    /// The texts the client sent to fake contacts, in the order the server received them.
+    pub async fn outbound(&self, phone_number: &str) -> ControlResult<Vec<Outbound>> {
+        self.shared.outbound(phone_number)
+    }
+
+    /// Every paired device, ordered by phone number.
+    pub async fn devices(&self) -> Vec<DeviceInfo> {
+        self.shared.devices()
+    }
+
+    /// One paired device.
+    pub async fn device(&self, phone_number: &str) -> ControlResult<DeviceInfo> {
+        self.shared.device(phone_number)
+    }
+
+    pub async fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Closes every connection and stops the server.
+    pub async fn shutdown(mut self) {
+        self.stop_now().await;
+    }
+
+    async fn stop_now(&mut self) {
+        self.shared.close_all_connections();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for FakeWa {
+    fn drop(&mut self) {
+        self.shared.close_all_connections();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}

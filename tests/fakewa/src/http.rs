@@ -1,0 +1,201 @@
+//! The HTTP side: the client WebSocket at `/ws/chat` and the JSON control API under `/control`.
+
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::state::Shared;
+use crate::{ControlError, ReceiptStatus};
+
+/// Small WebSocket buffers: a stanza is a few hundred bytes and a thousand idle clients should
+/// not hold 128 KiB read buffers each.
+const WS_READ_BUFFER: usize = 4 * 1024;
+const WS_WRITE_BUFFER: usize = 4 * 1024;
+const WS_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/ws/chat", get(ws_chat))
+        .route("/control/scan", post(scan))
+        .route("/control/pair-code", post(pair_code))
+        .route("/control/stats", get(stats))
+        .route("/control/devices", get(devices))
+        .route("/control/devices/{phone}", get(device))
+        .route("/control/devices/{phone}/drop", post(drop_connection))
+        .route("/control/devices/{phone}/logout", post(logout))
+        .route("/control/devices/{phone}/replace", post(replace))
+        .route("/control/devices/{phone}/ban", post(ban))
+        .route("/control/devices/{phone}/outdated", post(outdated))
+        .route(
+            "/control/devices/{phone}/inbound",
+            post(inbound).get(inbound_list),
+        )
+        .route("/control/devices/{phone}/inbound/{id}", get(inbound_status))
+        .route("/control/devices/{phone}/receipt", post(receipt))
+        .route("/control/devices/{phone}/outbound", get(outbound))
+        .with_state(shared)
+}
+
+async fn ws_chat(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
+        .max_message_size(WS_MAX_MESSAGE)
+        .on_upgrade(move |socket| crate::conn::serve(shared, socket))
+}
+
+impl IntoResponse for ControlError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ControlError::UnknownPhone(_) | ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::NotConnected(_) | ControlError::Failed(_) => StatusCode::CONFLICT,
+            ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        };
+        (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+type Reply = Result<Response, ControlError>;
+
+/// `Json` whose rejections are JSON errors (400) like every other control error.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ControlError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(req, state)
+            .await
+            .map_err(|e| ControlError::BadRequest(e.body_text()))?;
+        Ok(Self(value))
+    }
+}
+
+fn ok() -> Reply {
+    Ok(Json(json!({ "ok": true })).into_response())
+}
+
+#[derive(Deserialize)]
+struct ScanBody {
+    qr: String,
+    phone_number: String,
+}
+
+async fn scan(State(s): State<Arc<Shared>>, Body(b): Body<ScanBody>) -> Reply {
+    Ok(Json(s.scan(&b.qr, &b.phone_number).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct PairCodeBody {
+    phone_number: String,
+    code: String,
+}
+
+async fn pair_code(State(s): State<Arc<Shared>>, Body(b): Body<PairCodeBody>) -> Reply {
+    Ok(Json(s.pair_code(&b.phone_number, &b.code).await?).into_response())
+}
+
+async fn stats(State(s): State<Arc<Shared>>) -> Reply {
+    Ok(Json(s.stats()).into_response())
+}
+
+async fn devices(State(s): State<Arc<Shared>>) -> Reply {
+    Ok(Json(s.devices()).into_response())
+}
+
+async fn device(State(s): State<Arc<Shared>>, Path(phone): Path<String>) -> Reply {
+    Ok(Json(s.device(&phone)?).into_response())
+}
+
+async fn drop_connection(State(s): State<Arc<Shared>>, Path(phone): Path<String>) -> Reply {
+    s.drop_connection(&phone).await?;
+    ok()
+}
+
+async fn logout(State(s): State<Arc<Shared>>, Path(phone): Path<String>) -> Reply {
+    s.logout(&phone).await?;
+    ok()
+}
+
+async fn replace(State(s): State<Arc<Shared>>, Path(phone): Path<String>) -> Reply {
+    s.replace(&phone).await?;
+    ok()
+}
+
+#[derive(Deserialize, Default)]
+struct BanBody {
+    expire_secs: Option<u64>,
+}
+
+/// The body is optional: an empty request bans for a day.
+async fn ban(
+    State(s): State<Arc<Shared>>,
+    Path(phone): Path<String>,
+    body: axum::body::Bytes,
+) -> Reply {
+    let b: BanBody = if body.iter().all(u8::is_ascii_whitespace) {
+        BanBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ControlError::BadRequest(e.to_string()))?
+    };
+    s.ban(&phone, b.expire_secs.unwrap_or(86_400)).await?;
+    ok()
+}
+
+async fn outdated(State(s): State<Arc<Shared>>, Path(phone): Path<String>) -> Reply {
+    s.outdated(&phone).await?;
+    ok()
+}
+
+#[derive(Deserialize)]
+struct InboundBody {
+    from: String,
+    text: String,
+}
+
+async fn inbound(
+    State(s): State<Arc<Shared>>,
+    Path(phone): Path<String>,
+    Body(b): Body<InboundBody>,
+) -> Reply {
+    let id = s.inbound(&phone, &b.from, &b.text).await?;
+    Ok(Json(json!({ "message_id": id })).into_response())
+}
+
+async fn inbound_list(State(s): State<Arc<Shared>>, Path(phone): Path<String>) -> Reply {
+    Ok(Json(s.inbound_list(&phone)?).into_response())
+}
+
+async fn inbound_status(
+    State(s): State<Arc<Shared>>,
+    Path((phone, id)): Path<(String, String)>,
+) -> Reply {
+    Ok(Json(s.inbound_status(&phone, &id)?).into_response())
+}
+
+#[derive(Deserialize)]
+struct ReceiptBody {
+    message_id: String,
+    status: ReceiptStatus,
+}
+
+async fn receipt(
+    State(s): State<Arc<Shared>>,
+    Path(phone): Path<String>,
+    Body(b): Body<ReceiptBody>,
+) -> Reply {
+    s.receipt(&phone, &b.message_id, b.status).await?;
+    ok()
+}
+
+async fn outbound(State(s): State<Arc<Shared>>, Path(phone): Path<String>) -> Reply {
+    Ok(Json(s.outbound(&phone)?).into_response())
+}

@@ -1,0 +1,950 @@
+//! Server-wide state: paired devices (remembered by phone number for the life of the process),
+//! the connections that are waiting to be paired, and every Signal party the server plays.
+//!
+//! One `std::sync::Mutex` guards the device table and is never held across an await; each
+//! Signal party has its own async mutex, so contacts do not serialize on each other.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot, watch};
+use whatsapp_rust::buffa::MessageField;
+use whatsapp_rust::wacore::libsignal::protocol::ProtocolAddress;
+use whatsapp_rust::wacore::messages::MessageUtils;
+use whatsapp_rust::wacore::types::jid::JidExt as _;
+use whatsapp_rust::wacore_binary::builder::NodeBuilder;
+use whatsapp_rust::wacore_binary::{Jid, Node};
+use whatsapp_rust::waproto::whatsapp as wa;
+
+use crate::noise::{ServerIdentity, now_secs};
+use crate::pairing::{self, ScannedQr};
+use crate::signal::{DeviceKeys, Party};
+use crate::{
+    ControlError, ControlResult, DeviceInfo, InboundStatus, Outbound, ReceiptStatus, Stats,
+};
+
+/// How many of a companion's uploaded one-time pre-keys the server keeps. The client uploads
+/// hundreds; contacts only ever need a few, and this keeps a thousand devices small.
+const KEPT_ONE_TIME_PREKEYS: usize = 16;
+
+/// How long a control waits for the client to finish a pairing it started.
+const PAIRING_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A request to a connection task. Boxed payloads keep the per-connection channel small.
+pub(crate) enum Cmd {
+    Send(Box<Node>),
+    /// Send the node (if any), then close the connection.
+    Close(Option<Box<Node>>),
+    /// Close without a word, like a network blip.
+    Drop,
+    PairQr(Box<PairQr>),
+    PairCode(Box<PairCode>),
+}
+
+pub(crate) struct PairQr {
+    pub(crate) qr: ScannedQr,
+    pub(crate) phone: String,
+    pub(crate) reply: oneshot::Sender<ControlResult<DeviceInfo>>,
+}
+
+pub(crate) struct PairCode {
+    pub(crate) phone: String,
+    pub(crate) code: String,
+    pub(crate) reply: oneshot::Sender<ControlResult<DeviceInfo>>,
+}
+
+/// A handle on a connection task.
+#[derive(Clone)]
+pub(crate) struct ConnRef {
+    pub(crate) id: u64,
+    pub(crate) tx: mpsc::Sender<Cmd>,
+}
+
+/// Per phone number, what outlives a logout: device numbers are never reused.
+struct Account {
+    raw_id: u32,
+    last_key_index: u32,
+}
+
+pub(crate) struct DeviceRecord {
+    pub(crate) phone: String,
+    pub(crate) device_id: u16,
+    pub(crate) key_index: u32,
+    pub(crate) raw_id: u32,
+    /// The Noise static key the device logs in with: its credential.
+    noise_pub: [u8; 32],
+    pub(crate) keys: DeviceKeys,
+    one_time: VecDeque<(u32, [u8; 32])>,
+    /// One-time pre-keys the client believes the server holds.
+    server_prekeys: usize,
+    app_state_key_id: Vec<u8>,
+    app_state_key: [u8; 32],
+    conn: Option<ConnRef>,
+    banned_until: Option<u64>,
+    paired_at: u64,
+    logins: u64,
+    last_handshake: Option<&'static str>,
+    last_edge_routed: bool,
+    inbound: Journal<InboundStatus>,
+    outbound: Journal<Outbound>,
+}
+
+/// The most messages remembered per device and direction; the oldest are forgotten first, so a
+/// long benchmark does not grow without bound.
+const JOURNAL_CAPACITY: usize = 100_000;
+
+/// An append-only, bounded, id-indexed message log.
+struct Journal<T> {
+    entries: VecDeque<(String, T)>,
+    /// Sequence number of `entries[0]`.
+    base: u64,
+    index: HashMap<String, u64>,
+}
+
+impl<T: Clone> Journal<T> {
+    fn new() -> Self {
+        Self {
+            entries: VecDeque::new(),
+            base: 0,
+            index: HashMap::new(),
+        }
+    }
+
+    /// Appends; an id already present keeps pointing at its first entry.
+    fn push(&mut self, id: String, entry: T) {
+        if self.entries.len() == JOURNAL_CAPACITY
+            && let Some((old, _)) = self.entries.pop_front()
+        {
+            if self.index.get(&old) == Some(&self.base) {
+                self.index.remove(&old);
+            }
+            self.base += 1;
+        }
+        let seq = self.base + self.entries.len() as u64;
+        self.index.entry(id.clone()).or_insert(seq);
+        self.entries.push_back((id, entry));
+    }
+
+    fn position(&self, id: &str) -> Option<usize> {
+        let seq = *self.index.get(id)?;
+        usize::try_from(seq.checked_sub(self.base)?).ok()
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut T> {
+        let i = self.position(id)?;
+        self.entries.get_mut(i).map(|(_, e)| e)
+    }
+
+    fn get(&self, id: &str) -> Option<&T> {
+        let i = self.position(id)?;
+        self.entries.get(i).map(|(_, e)| e)
+    }
+
+    fn all(&self) -> Vec<T> {
+        self.entries.iter().map(|(_, e)| e.clone()).collect()
+    }
+}
+
+impl DeviceRecord {
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            phone_number: self.phone.clone(),
+            device_id: self.device_id,
+            jid: format!("{}:{}@s.whatsapp.net", self.phone, self.device_id),
+            lid: format!("{}:{}@lid", lid_user(&self.phone), self.device_id),
+            connected: self.conn.is_some(),
+            banned_until: self.banned_until.filter(|t| *t > now_secs()),
+            paired_at: self.paired_at,
+            logins: self.logins,
+            last_handshake: self.last_handshake.map(str::to_string),
+            last_edge_routed: self.last_edge_routed,
+            prekeys: self.server_prekeys,
+        }
+    }
+}
+
+/// The fake LID of a phone number: deterministic, so it survives nothing but needs no table.
+pub(crate) fn lid_user(phone: &str) -> String {
+    format!("9{phone}")
+}
+
+/// The phone number behind a fake LID user, if it is one of ours.
+fn phone_of_lid(lid: &str) -> Option<&str> {
+    lid.strip_prefix('9')
+}
+
+#[derive(Default)]
+struct ConnEntries {
+    qr_refs: Vec<String>,
+    pair_code_phone: Option<String>,
+    logged_in_phone: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    devices: HashMap<String, DeviceRecord>,
+    accounts: HashMap<String, Account>,
+    qr_refs: HashMap<String, ConnRef>,
+    pair_codes: HashMap<String, ConnRef>,
+    /// What each live connection has registered, so closing it touches only its own entries.
+    conns: HashMap<u64, ConnEntries>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) identity: ServerIdentity,
+    state: Mutex<State>,
+    parties: Mutex<HashMap<String, Arc<PartyHandle>>>,
+    next_conn: AtomicU64,
+    next_id: AtomicU64,
+    shutdown: watch::Sender<bool>,
+    open_connections: AtomicU64,
+    handshakes: [AtomicU64; 3],
+}
+
+/// What a login attempt gets.
+pub(crate) enum Login {
+    Accepted {
+        device_id: u16,
+        paired_at: u64,
+        /// The connection this login replaces, to be told so.
+        replaced: Option<ConnRef>,
+    },
+    Refused(Node),
+}
+
+/// The parts of a finished pairing the device table needs.
+pub(crate) struct NewDevice {
+    pub(crate) phone: String,
+    pub(crate) key_index: u32,
+    pub(crate) raw_id: u32,
+    pub(crate) noise_pub: [u8; 32],
+    pub(crate) keys: DeviceKeys,
+}
+
+impl Shared {
+    pub(crate) fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            identity: ServerIdentity::generate()?,
+            state: Mutex::new(State::default()),
+            parties: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            next_id: AtomicU64::new(rand::random::<u32>() as u64),
+            shutdown: watch::channel(false).0,
+            open_connections: AtomicU64::new(0),
+            handshakes: Default::default(),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A fresh stanza id (server-generated message and IQ ids).
+    pub(crate) fn new_id(&self, prefix: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{prefix}{n:016X}")
+    }
+
+    // --- connections -------------------------------------------------------------------------
+
+    pub(crate) fn register_conn(&self) -> (ConnRef, mpsc::Receiver<Cmd>, watch::Receiver<bool>) {
+        let (tx, rx) = mpsc::channel(32);
+        let conn = ConnRef {
+            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            tx,
+        };
+        self.state().conns.insert(conn.id, ConnEntries::default());
+        self.open_connections.fetch_add(1, Ordering::Relaxed);
+        (conn, rx, self.shutdown.subscribe())
+    }
+
+    pub(crate) fn count_handshake(&self, pattern: &str) {
+        let i = match pattern {
+            "XX" => 0,
+            "IK" => 1,
+            _ => 2,
+        };
+        self.handshakes[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let st = self.state();
+        Stats {
+            open_connections: self.open_connections.load(Ordering::Relaxed),
+            paired_devices: st.devices.len(),
+            connected_devices: st.devices.values().filter(|d| d.conn.is_some()).count(),
+            handshakes_xx: self.handshakes[0].load(Ordering::Relaxed),
+            handshakes_ik: self.handshakes[1].load(Ordering::Relaxed),
+            handshakes_xx_fallback: self.handshakes[2].load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn forget_conn(&self, id: u64) {
+        self.open_connections.fetch_sub(1, Ordering::Relaxed);
+        let mut st = self.state();
+        let Some(entries) = st.conns.remove(&id) else {
+            return;
+        };
+        for r in entries.qr_refs {
+            st.qr_refs.remove(&r);
+        }
+        if let Some(phone) = entries.pair_code_phone
+            && st.pair_codes.get(&phone).is_some_and(|c| c.id == id)
+        {
+            st.pair_codes.remove(&phone);
+        }
+        if let Some(phone) = entries.logged_in_phone
+            && let Some(device) = st.devices.get_mut(&phone)
+            && device.conn.as_ref().is_some_and(|c| c.id == id)
+        {
+            device.conn = None;
+        }
+    }
+
+    /// Tells every connection task to close its socket.
+    pub(crate) fn close_all_connections(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    pub(crate) fn add_qr_refs(&self, refs: &[String], conn: &ConnRef) {
+        let mut st = self.state();
+        for r in refs {
+            st.qr_refs.insert(r.clone(), conn.clone());
+        }
+        if let Some(entries) = st.conns.get_mut(&conn.id) {
+            entries.qr_refs.extend(refs.iter().cloned());
+        }
+    }
+
+    pub(crate) fn add_pair_code_request(&self, phone: &str, conn: &ConnRef) {
+        let mut st = self.state();
+        st.pair_codes.insert(phone.to_string(), conn.clone());
+        if let Some(entries) = st.conns.get_mut(&conn.id) {
+            entries.pair_code_phone = Some(phone.to_string());
+        }
+    }
+
+    /// Decides a LOGIN handshake: the device must be paired with this very Noise key.
+    pub(crate) fn login(
+        &self,
+        phone: &str,
+        device_id: u16,
+        noise_pub: &[u8; 32],
+        pattern: &'static str,
+        edge_routed: bool,
+        conn: &ConnRef,
+    ) -> Login {
+        let mut st = self.state();
+        let Some(device) = st.devices.get_mut(phone) else {
+            return Login::Refused(failure(401, None));
+        };
+        if device.device_id != device_id || device.noise_pub != *noise_pub {
+            return Login::Refused(failure(401, None));
+        }
+        if let Some(until) = device.banned_until {
+            let now = now_secs();
+            if until > now {
+                return Login::Refused(failure(402, Some(until - now)));
+            }
+            device.banned_until = None;
+        }
+        device.logins += 1;
+        device.last_handshake = Some(pattern);
+        device.last_edge_routed = edge_routed;
+        let replaced = device.conn.replace(conn.clone());
+        let accepted = Login::Accepted {
+            device_id: device.device_id,
+            paired_at: device.paired_at,
+            replaced,
+        };
+        if let Some(entries) = st.conns.get_mut(&conn.id) {
+            entries.logged_in_phone = Some(phone.to_string());
+        }
+        accepted
+    }
+
+    /// Hands out the next companion number of a phone (never reused while the process lives).
+    pub(crate) fn allocate_key_index(&self, phone: &str) -> (u32, u32) {
+        let mut st = self.state();
+        let account = st
+            .accounts
+            .entry(phone.to_string())
+            .or_insert_with(|| Account {
+                raw_id: rand::random::<u32>() >> 1,
+                last_key_index: 0,
+            });
+        account.last_key_index += 1;
+        (account.raw_id, account.last_key_index)
+    }
+
+    /// Records a countersigned pairing; a device previously paired to the number is unlinked.
+    pub(crate) fn complete_pairing(&self, new: NewDevice) -> DeviceInfo {
+        let mut key_id = vec![0u8, 0, 0, 0];
+        key_id.extend_from_slice(&rand::random::<[u8; 2]>());
+        let record = DeviceRecord {
+            phone: new.phone.clone(),
+            device_id: new.key_index as u16,
+            key_index: new.key_index,
+            raw_id: new.raw_id,
+            noise_pub: new.noise_pub,
+            keys: new.keys,
+            one_time: VecDeque::new(),
+            server_prekeys: 0,
+            app_state_key_id: key_id,
+            app_state_key: rand::random(),
+            conn: None,
+            banned_until: None,
+            paired_at: now_secs(),
+            logins: 0,
+            last_handshake: None,
+            last_edge_routed: false,
+            inbound: Journal::new(),
+            outbound: Journal::new(),
+        };
+        let info = record.info();
+        let old = self.state().devices.insert(new.phone.clone(), record);
+        if let Some(conn) = old.and_then(|d| d.conn) {
+            let _ = conn
+                .tx
+                .try_send(Cmd::Close(Some(Box::new(stream_error_conflict(
+                    "device_removed",
+                )))));
+        }
+        info
+    }
+
+    fn with_device<T>(
+        &self,
+        phone: &str,
+        f: impl FnOnce(&mut DeviceRecord) -> T,
+    ) -> ControlResult<T> {
+        let mut st = self.state();
+        let device = st
+            .devices
+            .get_mut(phone)
+            .ok_or_else(|| ControlError::UnknownPhone(phone.to_string()))?;
+        Ok(f(device))
+    }
+
+    fn live_conn(&self, phone: &str) -> ControlResult<ConnRef> {
+        self.with_device(phone, |d| d.conn.clone())?
+            .ok_or_else(|| ControlError::NotConnected(phone.to_string()))
+    }
+
+    /// Whether a user (phone number or fake LID) is one of our paired accounts; returns its
+    /// phone number, companion device number and ADV facts.
+    pub(crate) fn account_of(&self, user: &str, is_lid: bool) -> Option<PairedAccount> {
+        let phone = if is_lid { phone_of_lid(user)? } else { user };
+        let st = self.state();
+        let d = st.devices.get(phone)?;
+        Some(PairedAccount {
+            phone: d.phone.clone(),
+            device_id: d.device_id,
+            key_index: d.key_index,
+            raw_id: d.raw_id,
+            paired_at: d.paired_at,
+        })
+    }
+
+    /// The companion's bundle for a party that starts a session with it (consumes a one-time
+    /// pre-key when one is left; the signed pre-key alone is a valid X3DH bundle too).
+    fn take_device_bundle(
+        &self,
+        phone: &str,
+    ) -> anyhow::Result<whatsapp_rust::wacore::libsignal::protocol::PreKeyBundle> {
+        let mut st = self.state();
+        let d = st
+            .devices
+            .get_mut(phone)
+            .ok_or_else(|| anyhow::anyhow!("phone {phone} is not paired"))?;
+        let one_time = d.one_time.pop_front();
+        if one_time.is_some() {
+            d.server_prekeys = d.server_prekeys.saturating_sub(1);
+        }
+        d.keys.bundle(d.device_id, one_time)
+    }
+
+    pub(crate) fn record_prekey_upload(
+        &self,
+        phone: &str,
+        keys: Option<DeviceKeys>,
+        one_time: Vec<(u32, [u8; 32])>,
+    ) {
+        let mut st = self.state();
+        if let Some(d) = st.devices.get_mut(phone) {
+            if let Some(keys) = keys {
+                d.keys = keys;
+            }
+            d.server_prekeys += one_time.len();
+            d.one_time = one_time.into_iter().take(KEPT_ONE_TIME_PREKEYS).collect();
+        }
+    }
+
+    pub(crate) fn rotate_signed_prekey(
+        &self,
+        phone: &str,
+        id: u32,
+        public: [u8; 32],
+        signature: Vec<u8>,
+    ) {
+        let mut st = self.state();
+        if let Some(d) = st.devices.get_mut(phone) {
+            d.keys.signed_id = id;
+            d.keys.signed_public = public;
+            d.keys.signed_signature = signature;
+        }
+    }
+
+    pub(crate) fn server_prekey_count(&self, phone: &str) -> usize {
+        self.state()
+            .devices
+            .get(phone)
+            .map_or(0, |d| d.server_prekeys)
+    }
+
+    /// The device logged itself out (`remove-companion-device`).
+    pub(crate) fn forget_device(&self, phone: &str) {
+        self.state().devices.remove(phone);
+    }
+
+    pub(crate) fn record_outbound(&self, phone: &str, out: Outbound) {
+        let mut st = self.state();
+        if let Some(d) = st.devices.get_mut(phone) {
+            let id = out.message_id.clone();
+            d.outbound.push(id, out);
+        }
+    }
+
+    /// Marks an injected message as acknowledged by the client (first receipt or ack wins).
+    pub(crate) fn mark_inbound_acked(&self, phone: &str, message_id: &str, receipt: &str) {
+        let mut st = self.state();
+        let Some(d) = st.devices.get_mut(phone) else {
+            return;
+        };
+        let Some(status) = d.inbound.get_mut(message_id) else {
+            return;
+        };
+        if status.acked_at_ms.is_none() {
+            status.acked_at_ms = Some(now_millis());
+        }
+        if status.receipt.is_none() || receipt != "ack" {
+            status.receipt = Some(receipt.to_string());
+        }
+    }
+
+    // --- Signal parties ----------------------------------------------------------------------
+
+    /// The Signal party for a phone number: a fake contact, or the primary phone of a paired
+    /// number. Created on first use.
+    pub(crate) fn party(&self, phone: &str) -> anyhow::Result<Arc<PartyHandle>> {
+        let mut parties = self.parties.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = parties.get(phone) {
+            return Ok(p.clone());
+        }
+        let party = Party::generate()?;
+        let handle = Arc::new(PartyHandle {
+            identity: party.identity_key_pair(),
+            inner: AsyncMutex::new(party),
+        });
+        parties.insert(phone.to_string(), handle.clone());
+        Ok(handle)
+    }
+
+    /// Encrypts a message from `sender`'s party to the companion of `phone`.
+    async fn encrypt_to_device(
+        &self,
+        sender: &str,
+        phone: &str,
+        message: &wa::Message,
+    ) -> anyhow::Result<(&'static str, Vec<u8>)> {
+        let device_id = self
+            .with_device(phone, |d| d.device_id)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let address = device_address(phone, device_id);
+        let party = self.party(sender)?;
+        let mut party = party.inner.lock().await;
+        if !party.has_session(&address) {
+            let bundle = self.take_device_bundle(phone)?;
+            party.start_session(&address, &bundle).await?;
+        }
+        party
+            .encrypt(&address, &MessageUtils::encode_and_pad(message))
+            .await
+    }
+
+    /// The phone shares the account's app-state sync key with its companion, as a real phone
+    /// does right after linking. Without it the client waits `KEY_SHARE_GRACE_SECS` (10 s)
+    /// before `Connected` whenever it has no push name yet; sending it on every login keeps
+    /// resumes of a fresh `Client` fast too.
+    pub(crate) async fn key_share_stanza(&self, phone: &str) -> anyhow::Result<Node> {
+        let (key_id, key, key_index) = self
+            .with_device(phone, |d| {
+                (d.app_state_key_id.clone(), d.app_state_key, d.key_index)
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (raw_id, _) = self
+            .account_of(phone, false)
+            .map(|a| (a.raw_id, a.key_index))
+            .unwrap_or((0, 0));
+        let share = wa::message::AppStateSyncKeyShare {
+            keys: vec![wa::message::AppStateSyncKey {
+                key_id: MessageField::some(wa::message::AppStateSyncKeyId {
+                    key_id: Some(key_id),
+                }),
+                key_data: MessageField::some(wa::message::AppStateSyncKeyData {
+                    key_data: Some(key.to_vec()),
+                    fingerprint: MessageField::some(wa::message::AppStateSyncKeyFingerprint {
+                        raw_id: Some(raw_id),
+                        current_index: Some(key_index),
+                        device_indexes: vec![0, key_index],
+                    }),
+                    timestamp: Some(now_millis() as i64),
+                }),
+            }],
+        };
+        let message = wa::Message {
+            protocol_message: MessageField::some(wa::message::ProtocolMessage {
+                r#type: Some(wa::message::protocol_message::Type::APP_STATE_SYNC_KEY_SHARE),
+                app_state_sync_key_share: MessageField::some(share),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (kind, ciphertext) = self.encrypt_to_device(phone, phone, &message).await?;
+        Ok(NodeBuilder::new("message")
+            .attr("from", Jid::pn(phone))
+            .attr("type", "text")
+            .attr("id", self.new_id("3EB0"))
+            .attr("t", now_secs().to_string())
+            .attr("category", "peer")
+            .children([enc_node(kind, ciphertext)])
+            .build())
+    }
+
+    // --- controls ----------------------------------------------------------------------------
+
+    pub(crate) async fn scan(&self, qr: &str, phone: &str) -> ControlResult<DeviceInfo> {
+        check_phone(phone)?;
+        let qr = pairing::parse_qr(qr).map_err(|e| ControlError::BadRequest(format!("{e:#}")))?;
+        let conn = self
+            .state()
+            .qr_refs
+            .get(&qr.pairing_ref)
+            .cloned()
+            .ok_or_else(|| {
+                ControlError::NotFound(format!(
+                    "no connection is showing a QR code with ref {}",
+                    qr.pairing_ref
+                ))
+            })?;
+        let (reply, answer) = oneshot::channel();
+        let cmd = Cmd::PairQr(Box::new(PairQr {
+            qr,
+            phone: phone.to_string(),
+            reply,
+        }));
+        self.ask(conn, cmd, answer).await
+    }
+
+    pub(crate) async fn pair_code(&self, phone: &str, code: &str) -> ControlResult<DeviceInfo> {
+        check_phone(phone)?;
+        let code = code.trim().replace('-', "").to_ascii_uppercase();
+        if code.len() != 8 {
+            return Err(ControlError::BadRequest(format!(
+                "a pairing code has 8 characters, got {code:?}"
+            )));
+        }
+        let conn = self.state().pair_codes.get(phone).cloned().ok_or_else(|| {
+            ControlError::NotFound(format!(
+                "no connection asked for a pairing code for phone number {phone}"
+            ))
+        })?;
+        let (reply, answer) = oneshot::channel();
+        let cmd = Cmd::PairCode(Box::new(PairCode {
+            phone: phone.to_string(),
+            code,
+            reply,
+        }));
+        self.ask(conn, cmd, answer).await
+    }
+
+    async fn ask(
+        &self,
+        conn: ConnRef,
+        cmd: Cmd,
+        answer: oneshot::Receiver<ControlResult<DeviceInfo>>,
+    ) -> ControlResult<DeviceInfo> {
+        conn.tx
+            .send(cmd)
+            .await
+            .map_err(|_| ControlError::Failed("the pairing connection has closed".into()))?;
+        match tokio::time::timeout(PAIRING_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ControlError::Failed(
+                "the pairing connection closed before the pairing completed".into(),
+            )),
+            Err(_) => Err(ControlError::Failed(
+                "the client did not complete the pairing in time".into(),
+            )),
+        }
+    }
+
+    async fn send_cmd(&self, phone: &str, conn: ConnRef, cmd: Cmd) -> ControlResult<()> {
+        conn.tx
+            .send(cmd)
+            .await
+            .map_err(|_| ControlError::NotConnected(phone.to_string()))
+    }
+
+    pub(crate) async fn drop_connection(&self, phone: &str) -> ControlResult<()> {
+        let conn = self.live_conn(phone)?;
+        self.send_cmd(phone, conn, Cmd::Drop).await
+    }
+
+    pub(crate) async fn logout(&self, phone: &str) -> ControlResult<()> {
+        let device = self
+            .state()
+            .devices
+            .remove(phone)
+            .ok_or_else(|| ControlError::UnknownPhone(phone.to_string()))?;
+        if let Some(conn) = device.conn {
+            let node = NodeBuilder::new("stream:error")
+                .attr("code", "401")
+                .children([NodeBuilder::new("conflict")
+                    .attr("type", "device_removed")
+                    .build()])
+                .build();
+            // The device is already forgotten; a connection that went away meanwhile is fine.
+            let _ = conn.tx.send(Cmd::Close(Some(Box::new(node)))).await;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn replace(&self, phone: &str) -> ControlResult<()> {
+        let conn = self.live_conn(phone)?;
+        self.send_cmd(
+            phone,
+            conn,
+            Cmd::Close(Some(Box::new(stream_error_conflict("replaced")))),
+        )
+        .await
+    }
+
+    pub(crate) async fn ban(&self, phone: &str, expire_secs: u64) -> ControlResult<()> {
+        if expire_secs == 0 {
+            return Err(ControlError::BadRequest(
+                "expire_secs must be positive".into(),
+            ));
+        }
+        let conn = self.with_device(phone, |d| {
+            d.banned_until = Some(now_secs() + expire_secs);
+            d.conn.clone()
+        })?;
+        if let Some(conn) = conn {
+            let _ = conn
+                .tx
+                .send(Cmd::Close(Some(Box::new(failure(402, Some(expire_secs))))))
+                .await;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn outdated(&self, phone: &str) -> ControlResult<()> {
+        let conn = self.live_conn(phone)?;
+        self.send_cmd(phone, conn, Cmd::Close(Some(Box::new(failure(405, None)))))
+            .await
+    }
+
+    pub(crate) async fn inbound(
+        &self,
+        phone: &str,
+        from: &str,
+        text: &str,
+    ) -> ControlResult<String> {
+        check_phone(from)?;
+        if from == phone {
+            return Err(ControlError::BadRequest(
+                "`from` must be a contact, not the paired number itself".into(),
+            ));
+        }
+        let conn = self.live_conn(phone)?;
+        let message = wa::Message {
+            conversation: Some(text.to_string()),
+            ..Default::default()
+        };
+        let (kind, ciphertext) = self
+            .encrypt_to_device(from, phone, &message)
+            .await
+            .map_err(|e| ControlError::Failed(format!("encrypting for {phone}: {e:#}")))?;
+        let id = self.new_id("3A");
+        let node = NodeBuilder::new("message")
+            .attr("from", Jid::pn(from))
+            .attr("type", "text")
+            .attr("id", id.clone())
+            .attr("t", now_secs().to_string())
+            .attr("notify", format!("Contact {from}"))
+            .children([enc_node(kind, ciphertext)])
+            .build();
+        // Registered before sending, so an ack can never arrive for an unknown id.
+        self.with_device(phone, |d| {
+            d.inbound.push(
+                id.clone(),
+                InboundStatus {
+                    message_id: id.clone(),
+                    from: from.to_string(),
+                    text: text.to_string(),
+                    sent_at_ms: now_millis(),
+                    acked_at_ms: None,
+                    receipt: None,
+                },
+            );
+        })?;
+        self.send_cmd(phone, conn, Cmd::Send(Box::new(node)))
+            .await?;
+        Ok(id)
+    }
+
+    pub(crate) fn inbound_status(
+        &self,
+        phone: &str,
+        message_id: &str,
+    ) -> ControlResult<InboundStatus> {
+        self.with_device(phone, |d| d.inbound.get(message_id).cloned())?
+            .ok_or_else(|| {
+                ControlError::NotFound(format!("no inbound message {message_id} for {phone}"))
+            })
+    }
+
+    pub(crate) fn inbound_list(&self, phone: &str) -> ControlResult<Vec<InboundStatus>> {
+        self.with_device(phone, |d| d.inbound.all())
+    }
+
+    pub(crate) async fn receipt(
+        &self,
+        phone: &str,
+        message_id: &str,
+        status: ReceiptStatus,
+    ) -> ControlResult<()> {
+        let to = self
+            .with_device(phone, |d| d.outbound.get(message_id).map(|o| o.to.clone()))?
+            .ok_or_else(|| {
+                ControlError::NotFound(format!("{phone} sent no message with id {message_id}"))
+            })?;
+        let conn = self.live_conn(phone)?;
+        let mut receipt = NodeBuilder::new("receipt")
+            .attr("from", Jid::pn(&to))
+            .attr("id", message_id.to_string())
+            .attr("t", now_secs().to_string());
+        if status == ReceiptStatus::Read {
+            receipt = receipt.attr("type", "read");
+        }
+        self.send_cmd(phone, conn, Cmd::Send(Box::new(receipt.build())))
+            .await
+    }
+
+    pub(crate) fn outbound(&self, phone: &str) -> ControlResult<Vec<Outbound>> {
+        self.with_device(phone, |d| d.outbound.all())
+    }
+
+    pub(crate) fn devices(&self) -> Vec<DeviceInfo> {
+        let mut all: Vec<DeviceInfo> = self
+            .state()
+            .devices
+            .values()
+            .map(DeviceRecord::info)
+            .collect();
+        all.sort_by(|a, b| a.phone_number.cmp(&b.phone_number));
+        all
+    }
+
+    pub(crate) fn device(&self, phone: &str) -> ControlResult<DeviceInfo> {
+        self.with_device(phone, |d| d.info())
+    }
+}
+
+/// A Signal party and its identity key, readable without waiting for a session operation.
+pub(crate) struct PartyHandle {
+    pub(crate) identity: whatsapp_rust::wacore::libsignal::protocol::KeyPair,
+    pub(crate) inner: AsyncMutex<Party>,
+}
+
+/// A paired account as usync and the pre-key service describe it.
+pub(crate) struct PairedAccount {
+    pub(crate) phone: String,
+    pub(crate) device_id: u16,
+    pub(crate) key_index: u32,
+    pub(crate) raw_id: u32,
+    pub(crate) paired_at: u64,
+}
+
+pub(crate) fn device_address(phone: &str, device_id: u16) -> ProtocolAddress {
+    Jid::pn_device(phone, device_id).to_protocol_address()
+}
+
+pub(crate) fn enc_node(kind: &str, ciphertext: Vec<u8>) -> Node {
+    NodeBuilder::new("enc")
+        .attr("v", "2")
+        .attr("type", kind.to_string())
+        .bytes(ciphertext)
+        .build()
+}
+
+/// `<failure reason=…>`: 401 logged out, 402 temporary ban (with its duration), 405 outdated.
+pub(crate) fn failure(reason: u16, expire_secs: Option<u64>) -> Node {
+    let mut node = NodeBuilder::new("failure")
+        .attr("reason", reason.to_string())
+        .attr("location", "fakewa");
+    if let Some(expire) = expire_secs {
+        node = node.attr("code", "101").attr("expire", expire.to_string());
+    }
+    node.build()
+}
+
+pub(crate) fn stream_error_conflict(kind: &str) -> Node {
+    NodeBuilder::new("stream:error")
+        .children([NodeBuilder::new("conflict")
+            .attr("type", kind.to_string())
+            .build()])
+        .build()
+}
+
+fn check_phone(phone: &str) -> ControlResult<()> {
+    if (5..=20).contains(&phone.len()) && phone.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(ControlError::BadRequest(format!(
+            "{phone:?} is not a phone number (5-20 digits, no +)"
+        )))
+    }
+}
+
+pub(crate) fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_forgets_the_oldest_and_keeps_ids_straight() {
+        let mut j = Journal::new();
+        for i in 0..JOURNAL_CAPACITY + 3 {
+            j.push(format!("id{i}"), i);
+        }
+        assert_eq!(j.entries.len(), JOURNAL_CAPACITY);
+        assert_eq!(j.get("id0"), None);
+        assert_eq!(j.get("id2"), None);
+        assert_eq!(j.get("id3"), Some(&3));
+        let last = format!("id{}", JOURNAL_CAPACITY + 2);
+        *j.get_mut(&last).unwrap() += 1;
+        assert_eq!(j.get(&last), Some(&(JOURNAL_CAPACITY + 3)));
+        assert_eq!(j.index.len(), JOURNAL_CAPACITY);
+    }
+}
