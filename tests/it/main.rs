@@ -8,4 +8,6 @@ mod input;
 mod journal;
 mod lifecycle;
 mod restart;
+#[cfg(feature = "fake-whatsapp")]
+mod wa;
 mod util;

@@ -9,6 +9,11 @@ use std::time::Duration;
 /// Pairing includes the crate's wait for the phone's app-state keys; the fake shortens it, but be generous.
 const T: Duration = Duration::from_secs(30);
 
+/// The fake server names phones by their digits.
+fn d(phone: &str) -> &str {
+    phone.trim_start_matches('+')
+}
+
 async fn fake() -> FakeWa {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -56,7 +61,7 @@ async fn pair(api: &Api, fake: &FakeWa, phone: &str) -> String {
     let (s, qr) = api.get(&format!("/v1/channels/{id}/qr?wait=20")).await;
     assert_eq!(s, 200, "{qr}");
     let code = qr["qr"].as_str().expect("qr string").to_string();
-    fake.scan(&code, phone).await.expect("the phone scans the QR");
+    fake.scan(&code, d(phone)).await.expect("the phone scans the QR");
     let ch = api.wait_status(&id, "connected", T).await;
     assert_eq!(ch["phone_number"], phone, "{ch}");
     assert_eq!(ch["engine"], "whatsapp");
@@ -104,7 +109,7 @@ async fn qr_pairing_inbound_blip_restart_and_logout() {
     assert_eq!(got["message_id"], mid.as_str());
 
     // A network blip: reconnecting, then connected again by itself (no QR).
-    fake.drop_connection(phone).await.expect("drop");
+    fake.drop_connection(d(phone)).await.expect("drop");
     let frames = sse.until(T, is_status("connected")).await;
     let tr = transitions(&frames);
     assert!(
@@ -126,7 +131,7 @@ async fn qr_pairing_inbound_blip_restart_and_logout() {
     );
 
     // Logged out on the phone: disconnected / logout, keys gone, and a new QR on the next connect.
-    fake.logout(phone).await.expect("logout");
+    fake.logout(d(phone)).await.expect("logout");
     let ch = api.wait_status(&id, "disconnected", T).await;
     assert_eq!(ch["status_reason"], "logout");
     let mut rows = store_rows(&db, &id).await;
@@ -154,12 +159,12 @@ async fn replaced_banned_and_outdated() {
     let api = Api::new(&gw.base, &keys.live);
 
     let a = pair(&api, &fake, "+15550002001").await;
-    fake.replace("+15550002001").await.expect("replace");
+    fake.replace(d("+15550002001")).await.expect("replace");
     let ch = api.wait_status(&a, "disconnected", T).await;
     assert_eq!(ch["status_reason"], "kicked_other_device");
 
     let b = pair(&api, &fake, "+15550002002").await;
-    fake.ban("+15550002002", 3600).await.expect("ban");
+    fake.ban(d("+15550002002"), 3600).await.expect("ban");
     let ch = api.wait_status(&b, "failed", T).await;
     assert_eq!(ch["status_reason"], "banned");
     let failed = events_of(&db, &b, "channel.failed").await;
@@ -169,7 +174,7 @@ async fn replaced_banned_and_outdated() {
     assert!(until.is_some(), "ban expiry in the event: {failed:?}");
 
     let c = pair(&api, &fake, "+15550002003").await;
-    fake.outdated("+15550002003").await.expect("outdated");
+    fake.outdated(d("+15550002003")).await.expect("outdated");
     let ch = api.wait_status(&c, "failed", T).await;
     assert_eq!(ch["status_reason"], "client_outdated");
     gw.stop().await;
@@ -196,7 +201,7 @@ async fn pair_code_pairing() {
     assert_eq!(s, 200, "{pc}");
     let code = pc["code"].as_str().expect("code").to_string();
     assert_eq!(code.len(), 9, "{code}");
-    fake.pair_code("+15550003001", &code)
+    fake.pair_code(d("+15550003001"), &code)
         .await
         .expect("the phone enters the code");
     let ch = api.wait_status(&id, "connected", T).await;
