@@ -14,8 +14,14 @@ use tokio_postgres::NoTls;
 pub use deadpool_postgres::Pool as PgPool;
 
 /// Migrations, applied in order at start; each runs once, recorded in `schema_migrations`.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "core", include_str!("../../migrations/0001_core.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "core", include_str!("../../migrations/0001_core.sql")),
+    (
+        2,
+        "hot_updates",
+        include_str!("../../migrations/0002_hot_updates.sql"),
+    ),
+];
 
 /// Serialises migrations (and the first-start bootstrap) across nodes starting together.
 const MIGRATION_LOCK: i64 = 0x7768_6174_6973_7570; // "whatisup"
