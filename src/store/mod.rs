@@ -21,6 +21,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "hot_updates",
         include_str!("../../migrations/0002_hot_updates.sql"),
     ),
+    (
+        3,
+        "wa_store",
+        include_str!("../../migrations/0003_wa_store.sql"),
+    ),
 ];
 
 /// Serialises migrations (and the first-start bootstrap) across nodes starting together.

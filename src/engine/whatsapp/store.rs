@@ -1,1 +1,0 @@
-//! PostgreSQL backend for the whatsapp-rust store traits (sealed, keyed by channel).
