@@ -9,3 +9,4 @@ mod journal;
 mod lifecycle;
 mod restart;
 mod util;
+mod wa_store;
