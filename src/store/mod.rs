@@ -22,6 +22,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../migrations/0002_hot_updates.sql"),
     ),
     (
+        3,
+        "wa_store",
+        include_str!("../../migrations/0003_wa_store.sql"),
+    ),
+    (
         4,
         "inbound_dedup",
         include_str!("../../migrations/0004_inbound_dedup.sql"),

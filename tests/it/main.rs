@@ -11,3 +11,4 @@ mod restart;
 #[cfg(feature = "fake-whatsapp")]
 mod wa;
 mod util;
+mod wa_store;

@@ -115,7 +115,11 @@ impl Engine for WhatsAppEngine {
     }
 
     async fn start(&self, req: StartRequest) -> Result<Box<dyn EngineSession>, EngineError> {
-        let store = store::open(self.pool.clone(), self.keys.clone(), &req.channel_id);
+        let store: Arc<dyn Backend> = Arc::new(store::PgStore::new(
+            self.pool.clone(),
+            self.keys.clone(),
+            &req.channel_id,
+        ));
         if req.state.is_none() {
             // No persisted session: whatever the store still holds for this channel belongs to an unlinked device.
             store::wipe(&self.pool, &req.channel_id)
@@ -147,6 +151,7 @@ impl Engine for WhatsAppEngine {
     async fn forget(&self, channel_id: &str) -> Result<(), EngineError> {
         store::wipe(&self.pool, channel_id)
             .await
+            .map(|_| ())
             .map_err(|e| EngineError::Other(format!("wiping device keys: {e}")))
     }
 }
