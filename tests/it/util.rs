@@ -93,6 +93,10 @@ pub struct Gw {
 
 impl Gw {
     pub async fn start(cfg: Config) -> Gw {
+        // Logs only when asked for (RUST_LOG=...), to debug a failing test.
+        if std::env::var_os("RUST_LOG").is_some() {
+            whatisup::init_tracing(whatisup::config::LogFormat::Human);
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -98,7 +98,7 @@ async fn qr_pairing_inbound_blip_restart_and_logout() {
     // Inbound text from a fake contact, decrypted by the client, committed before the ack.
     let mut sse = Sse::open(&gw.base, &format!("channel_id={id}"), &keys.live, None).await;
     let mid = fake
-        .inbound(phone, "+15557654321", "hello from the fake phone")
+        .inbound(d(phone), "15557654321", "hello from the fake phone")
         .await
         .expect("inbound");
     let frames = sse.until(T, |f| f.event == "message.received").await;

@@ -115,7 +115,7 @@ impl Engine for WhatsAppEngine {
     }
 
     async fn start(&self, req: StartRequest) -> Result<Box<dyn EngineSession>, EngineError> {
-        let store: Arc<dyn Backend> = Arc::new(store::PgStore::new(
+        let store = Arc::new(store::PgStore::new(
             self.pool.clone(),
             self.keys.clone(),
             &req.channel_id,
@@ -134,8 +134,7 @@ impl Engine for WhatsAppEngine {
         });
         let driver = Driver {
             shared: shared.clone(),
-            store,
-            pool: self.pool.clone(),
+            store: store.clone(),
             cfg: self.cfg.clone(),
             http: self.http.clone(),
             events: req.events,
@@ -145,7 +144,7 @@ impl Engine for WhatsAppEngine {
             driver.run().await;
             done.cancel();
         });
-        Ok(Box::new(WaSession { shared }))
+        Ok(Box::new(WaSession { shared, store }))
     }
 
     async fn forget(&self, channel_id: &str) -> Result<(), EngineError> {
@@ -168,6 +167,7 @@ struct Shared {
 
 struct WaSession {
     shared: Arc<Shared>,
+    store: Arc<store::PgStore>,
 }
 
 impl WaSession {
@@ -233,7 +233,12 @@ impl EngineSession for WaSession {
             client.logout().await;
         }
         self.stop().await;
-        Ok(())
+        // Unlinked: the keys go now, and nothing the old client still runs may write them back.
+        self.store
+            .retire_and_wipe()
+            .await
+            .map(|_| ())
+            .map_err(|e| EngineError::Other(format!("wiping device keys: {e}")))
     }
 
     async fn stop(&self) {
@@ -264,8 +269,7 @@ enum RunEnd {
 
 struct Driver {
     shared: Arc<Shared>,
-    store: Arc<dyn Backend>,
-    pool: Pool,
+    store: Arc<store::PgStore>,
     cfg: WhatsAppConfig,
     http: Arc<http::ReqwestHttp>,
     events: mpsc::Sender<EngineEvent>,
@@ -303,7 +307,7 @@ impl Driver {
     async fn build(&self, raw_tx: mpsc::Sender<Arc<Event>>) -> anyhow::Result<Bot> {
         let transport = TokioWebSocketTransportFactory::new().with_url(self.cfg.url.clone());
         let bot = Bot::builder()
-            .with_backend_arc(self.store.clone())
+            .with_backend_arc(self.store.clone() as Arc<dyn Backend>)
             .with_transport_factory(transport)
             .with_http_client(self.http.as_ref().clone())
             .with_version(self.cfg.version)
@@ -345,15 +349,18 @@ impl Driver {
                 }
                 ev = raw_rx.recv() => {
                     let Some(ev) = ev else { continue };
-                    if self.on_event(&client, &ev, &mut st).await {
+                    if let Some(end) = self.on_event(&client, &ev, &mut st).await {
                         stop_client(&client, handle).await;
+                        self.finish(end).await;
                         return RunEnd::Terminal;
                     }
                 }
                 _ = &mut handle => {
                     // Events dispatched before the run loop ended are already queued.
                     while let Ok(ev) = raw_rx.try_recv() {
-                        if self.on_event(&client, &ev, &mut st).await {
+                        if let Some(end) = self.on_event(&client, &ev, &mut st).await {
+                            client.disconnect().await;
+                            self.finish(end).await;
                             return RunEnd::Terminal;
                         }
                     }
@@ -370,8 +377,22 @@ impl Driver {
         }
     }
 
-    /// Hands one crate event to the supervisor. True when the session is over for good.
-    async fn on_event(&self, client: &Arc<Client>, ev: &Event, st: &mut RunState) -> bool {
+    /// After a terminal event: the client is stopped (it flushes its state on the way out), so a wipe now is
+    /// final; then the supervisor hears of it.
+    async fn finish(&self, end: Terminal) {
+        if end.wipe {
+            self.wipe().await;
+        }
+        self.emit(end.event).await;
+    }
+
+    /// Hands one crate event to the supervisor; Some when the session is over for good.
+    async fn on_event(
+        &self,
+        client: &Arc<Client>,
+        ev: &Event,
+        st: &mut RunState,
+    ) -> Option<Terminal> {
         let channel_id = &self.shared.channel_id;
         match ev {
             Event::PairingQrCode(qr) => {
@@ -436,34 +457,28 @@ impl Driver {
                 } else {
                     Some(LogoutReason::Logout)
                 };
-                self.wipe().await;
-                match reason {
-                    Some(reason) => self.emit(EngineEvent::LoggedOut { reason }).await,
+                let event = match reason {
+                    Some(reason) => EngineEvent::LoggedOut { reason },
                     // A locked account needs a person, like a ban; its keys are dead all the same.
-                    None => {
-                        self.emit(EngineEvent::Failed {
-                            reason: FailReason::Banned { until: None },
-                        })
-                        .await
-                    }
-                }
-                return true;
+                    None => EngineEvent::Failed {
+                        reason: FailReason::Banned { until: None },
+                    },
+                };
+                return Some(Terminal { event, wipe: true });
             }
             Event::StreamReplaced(_) => {
-                self.wipe().await;
-                self.emit(EngineEvent::LoggedOut {
-                    reason: LogoutReason::KickedOtherDevice,
-                })
-                .await;
-                return true;
+                return Some(Terminal {
+                    event: EngineEvent::LoggedOut {
+                        reason: LogoutReason::KickedOtherDevice,
+                    },
+                    wipe: true,
+                });
             }
             Event::TemporaryBan(ban) => {
                 let until = Utc::now().checked_add_signed(ban.expire);
-                self.emit(EngineEvent::Failed {
+                return Some(Terminal::keep(EngineEvent::Failed {
                     reason: FailReason::Banned { until },
-                })
-                .await;
-                return true;
+                }));
             }
             Event::ClientOutdated(_) => {
                 tracing::error!(
@@ -471,26 +486,20 @@ impl Driver {
                     version = ?self.cfg.version,
                     "WhatsApp refuses this client version as outdated; set WHATISUP_WA_VERSION to a current one"
                 );
-                self.emit(EngineEvent::Failed {
+                return Some(Terminal::keep(EngineEvent::Failed {
                     reason: FailReason::ClientOutdated,
-                })
-                .await;
-                return true;
+                }));
             }
             Event::ConnectFailure(f) => match f.reason {
                 ConnectFailureReason::ClientOutdated => {
-                    self.emit(EngineEvent::Failed {
+                    return Some(Terminal::keep(EngineEvent::Failed {
                         reason: FailReason::ClientOutdated,
-                    })
-                    .await;
-                    return true;
+                    }));
                 }
                 ConnectFailureReason::TempBanned => {
-                    self.emit(EngineEvent::Failed {
+                    return Some(Terminal::keep(EngineEvent::Failed {
                         reason: FailReason::Banned { until: None },
-                    })
-                    .await;
-                    return true;
+                    }));
                 }
                 other => st.detail = Some(format!("connect refused: {other:?}")),
             },
@@ -499,10 +508,10 @@ impl Driver {
                     ReceiptType::Delivered => ReceiptStatus::Delivered,
                     ReceiptType::Read => ReceiptStatus::Read,
                     ReceiptType::Played => ReceiptStatus::Played,
-                    _ => return false,
+                    _ => return None,
                 };
                 if r.source.is_from_me {
-                    return false;
+                    return None;
                 }
                 for id in &r.message_ids {
                     self.emit(EngineEvent::Receipt {
@@ -515,14 +524,27 @@ impl Driver {
             }
             _ => {}
         }
-        false
+        None
     }
 
     async fn wipe(&self) {
-        if let Err(e) = store::wipe(&self.pool, &self.shared.channel_id).await {
+        if let Err(e) = self.store.retire_and_wipe().await {
             // The supervisor also wipes when the channel is next paired (a start without state clears the store).
             tracing::error!(channel_id = %self.shared.channel_id, error = %e, "wiping device keys failed");
         }
+    }
+}
+
+/// The event that ends a session, and whether the device's keys die with it.
+struct Terminal {
+    event: EngineEvent,
+    wipe: bool,
+}
+
+impl Terminal {
+    /// Ends the session but keeps the keys (a ban or an outdated client: the device is still linked).
+    fn keep(event: EngineEvent) -> Terminal {
+        Terminal { event, wipe: false }
     }
 }
 

@@ -60,6 +60,42 @@ pub struct PgStore {
     pool: Pool,
     keys: Arc<MasterKeys>,
     channel_id: Arc<str>,
+    gate: Arc<Gate>,
+}
+
+/// Closes a store for good. The client keeps detached tasks (a pre-key upload, a write-behind flush) that can
+/// outlive its disconnect; once the device is logged out, their writes must not bring keys back after the wipe.
+#[derive(Default)]
+struct Gate {
+    retired: std::sync::atomic::AtomicBool,
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// A pooled connection that counts as one operation in flight on its store.
+pub(crate) struct Conn {
+    obj: Object,
+    gate: Arc<Gate>,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Object;
+    fn deref(&self) -> &Object {
+        &self.obj
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Object {
+        &mut self.obj
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.gate
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -99,7 +135,20 @@ impl PgStore {
             pool,
             keys,
             channel_id: Arc::from(channel_id),
+            gate: Arc::default(),
         }
+    }
+
+    /// Refuses every later operation, waits (up to 5 s) for those in flight, then deletes everything stored for
+    /// the channel. For a logged-out device whose client may still have detached tasks writing.
+    pub async fn retire_and_wipe(&self) -> Result<u64> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.gate.retired.store(true, SeqCst);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.gate.in_flight.load(SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        wipe(&self.pool, &self.channel_id).await
     }
 
     pub fn channel_id(&self) -> &str {
@@ -111,8 +160,24 @@ impl PgStore {
         wipe(&self.pool, &self.channel_id).await
     }
 
-    async fn client(&self, op: &'static str) -> Result<Object> {
-        self.pool.get().await.map_err(conn_err(op))
+    async fn client(&self, op: &'static str) -> Result<Conn> {
+        use std::sync::atomic::Ordering::SeqCst;
+        // Counted before the check, so that retire_and_wipe either sees this operation or this one sees it.
+        self.gate.in_flight.fetch_add(1, SeqCst);
+        let gate = Conn {
+            obj: match self.pool.get().await {
+                Ok(o) => o,
+                Err(e) => {
+                    self.gate.in_flight.fetch_sub(1, SeqCst);
+                    return Err(conn_err(op)(e));
+                }
+            },
+            gate: self.gate.clone(),
+        };
+        if self.gate.retired.load(SeqCst) {
+            return Err(invalid(op, "the device was logged out; its store is closed"));
+        }
+        Ok(gate)
     }
 
     /// Runs one prepared statement and returns the affected row count.
