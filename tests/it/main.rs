@@ -8,7 +8,7 @@ mod input;
 mod journal;
 mod lifecycle;
 mod restart;
+mod util;
 #[cfg(feature = "fake-whatsapp")]
 mod wa;
-mod util;
 mod wa_store;

@@ -61,7 +61,9 @@ async fn pair(api: &Api, fake: &FakeWa, phone: &str) -> String {
     let (s, qr) = api.get(&format!("/v1/channels/{id}/qr?wait=20")).await;
     assert_eq!(s, 200, "{qr}");
     let code = qr["qr"].as_str().expect("qr string").to_string();
-    fake.scan(&code, d(phone)).await.expect("the phone scans the QR");
+    fake.scan(&code, d(phone))
+        .await
+        .expect("the phone scans the QR");
     let ch = api.wait_status(&id, "connected", T).await;
     assert_eq!(ch["phone_number"], phone, "{ch}");
     assert_eq!(ch["engine"], "whatsapp");
@@ -167,11 +169,18 @@ async fn replaced_banned_and_outdated() {
     fake.ban(d("+15550002002"), 3600).await.expect("ban");
     let ch = api.wait_status(&b, "failed", T).await;
     assert_eq!(ch["status_reason"], "banned");
-    let failed = events_of(&db, &b, "channel.failed").await;
-    let until = failed
-        .last()
-        .and_then(|d| d["banned_until"].as_str().map(str::to_string));
-    assert!(until.is_some(), "ban expiry in the event: {failed:?}");
+    let changes = events_of(&db, &b, "channel.status_changed").await;
+    let ban = changes.last().expect("status change");
+    assert_eq!(ban["to"], "failed", "{ban}");
+    let until = ban["banned_until"]
+        .as_str()
+        .expect("ban expiry in the event");
+    let until = chrono::DateTime::parse_from_rfc3339(until).expect("RFC 3339");
+    let left = until.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    assert!(
+        left > chrono::Duration::minutes(55) && left <= chrono::Duration::minutes(60),
+        "a one-hour ban: {ban}"
+    );
 
     let c = pair(&api, &fake, "+15550002003").await;
     fake.outdated(d("+15550002003")).await.expect("outdated");
@@ -207,5 +216,101 @@ async fn pair_code_pairing() {
     let ch = api.wait_status(&id, "connected", T).await;
     assert_eq!(ch["phone_number"], "+15550003001");
     gw.stop().await;
+    db.drop_db().await;
+}
+
+/// The engine on its own (no supervisor): it resumes a device the gateway paired, sends a text that the fake
+/// contact decrypts to exactly what was sent, under the message id fixed before the send, and reports the
+/// contact's receipts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_sends_a_text_the_contact_decrypts() {
+    use whatisup::engine::whatsapp::{WhatsAppConfig, WhatsAppEngine};
+    use whatisup::engine::{Engine, EngineEvent, StartRequest, new_message_id};
+
+    let db = TestDb::new();
+    let fake = fake().await;
+    let gw = Gw::start(wa_config(&db, &fake)).await;
+    let keys = gw.customer("acme").await;
+    let api = Api::new(&gw.base, &keys.live);
+    let phone = "+15550004001";
+    let id = pair(&api, &fake, phone).await;
+    gw.stop().await;
+
+    let pool = whatisup::store::connect(&db.url, 4).await.expect("pool");
+    let master = whatisup::crypto::MasterKeys::from_bytes(std::array::from_fn(|i| i as u8), &[]);
+    let engine = WhatsAppEngine::new(
+        pool,
+        std::sync::Arc::new(master),
+        WhatsAppConfig {
+            url: fake.ws_url(),
+            version: (2, 3000, 1042742319),
+            device_name: "whatisup".into(),
+        },
+    )
+    .expect("engine");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    let session = engine
+        .start(StartRequest {
+            channel_id: id.clone(),
+            state: Some(b"{}".to_vec()),
+            events: tx,
+        })
+        .await
+        .expect("start");
+    let connected = tokio::time::timeout(T, async {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                EngineEvent::Connected { phone_number } => return phone_number,
+                EngineEvent::Qr { .. } => panic!("a resumed device shows no QR"),
+                _ => {}
+            }
+        }
+        panic!("the session ended before connecting");
+    })
+    .await
+    .expect("connected in time");
+    assert_eq!(connected, phone);
+
+    let texts = ["hello, contact", "second text — with ünïcode ✓"];
+    let mut ids = vec![];
+    for text in texts {
+        let mid = new_message_id();
+        session
+            .send_text("+15557650001", text, &mid)
+            .await
+            .expect("send");
+        ids.push(mid);
+    }
+    let out = fake.outbound(d(phone)).await.expect("outbound");
+    let got: Vec<(String, String, String)> = out
+        .into_iter()
+        .map(|o| (o.to, o.text, o.message_id))
+        .collect();
+    let want: Vec<(String, String, String)> = texts
+        .iter()
+        .zip(&ids)
+        .map(|(t, m)| ("15557650001".to_string(), t.to_string(), m.clone()))
+        .collect();
+    assert_eq!(got, want);
+
+    fake.receipt(d(phone), &ids[0], fakewa::ReceiptStatus::Read)
+        .await
+        .expect("receipt");
+    let receipt = tokio::time::timeout(T, async {
+        while let Some(ev) = rx.recv().await {
+            if let EngineEvent::Receipt {
+                message_id, status, ..
+            } = ev
+            {
+                return (message_id, status);
+            }
+        }
+        panic!("no receipt");
+    })
+    .await
+    .expect("receipt in time");
+    assert_eq!(receipt.0, ids[0]);
+    assert_eq!(receipt.1, whatisup::engine::ReceiptStatus::Read);
+    session.stop().await;
     db.drop_db().await;
 }

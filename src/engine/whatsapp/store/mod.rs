@@ -175,7 +175,10 @@ impl PgStore {
             gate: self.gate.clone(),
         };
         if self.gate.retired.load(SeqCst) {
-            return Err(invalid(op, "the device was logged out; its store is closed"));
+            return Err(invalid(
+                op,
+                "the device was logged out; its store is closed",
+            ));
         }
         Ok(gate)
     }
