@@ -838,6 +838,15 @@ impl Session {
                 let mut op = self.op();
                 op.events.push(("message.received", data));
                 self.write(op).await?;
+                // Test builds only: die between the commit and the ack, to prove that WhatsApp's redelivery
+                // neither loses nor duplicates the message.
+                #[cfg(feature = "fake-whatsapp")]
+                if std::env::var_os("WHATISUP_TEST_CRASH_AFTER_INBOUND_COMMIT").is_some() {
+                    tracing::error!(
+                        "WHATISUP_TEST_CRASH_AFTER_INBOUND_COMMIT: aborting before the ack"
+                    );
+                    std::process::abort();
+                }
                 // Committed: now the engine may acknowledge it to WhatsApp.
                 let _ = ack.send(());
                 Ok(())

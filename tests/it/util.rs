@@ -475,6 +475,14 @@ impl Proc {
             .expect("wait")
     }
 
+    /// Waits for the process to end by itself (e.g. an injected crash).
+    pub async fn exited(mut self, within: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .expect("the process ends in time")
+            .expect("wait")
+    }
+
     pub async fn kill9(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;

@@ -281,7 +281,15 @@ async fn engine_sends_a_text_the_contact_decrypts() {
             .expect("send");
         ids.push(mid);
     }
-    let out = fake.outbound(d(phone)).await.expect("outbound");
+    // The contact decrypts on its own time after the server acknowledged the send.
+    let mut out = vec![];
+    for _ in 0..100 {
+        out = fake.outbound(d(phone)).await.expect("outbound");
+        if out.len() >= texts.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let got: Vec<(String, String, String)> = out
         .into_iter()
         .map(|o| (o.to, o.text, o.message_id))
@@ -312,5 +320,55 @@ async fn engine_sends_a_text_the_contact_decrypts() {
     assert_eq!(receipt.0, ids[0]);
     assert_eq!(receipt.1, whatisup::engine::ReceiptStatus::Read);
     session.stop().await;
+    db.drop_db().await;
+}
+
+/// The gateway dies after committing `message.received` but before the client acknowledged the message to
+/// WhatsApp. The server redelivers it to the restarted gateway: nothing lost, nothing committed twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_commit_and_ack_loses_and_duplicates_nothing() {
+    let db = TestDb::new();
+    let fake = fake().await;
+    let url = fake.ws_url();
+    let mut a = Proc::spawn(
+        &db,
+        "node-a",
+        &[
+            ("WHATISUP_WA_URL", url.as_str()),
+            ("WHATISUP_TEST_CRASH_AFTER_INBOUND_COMMIT", "1"),
+        ],
+    )
+    .await;
+    let (live, _) = a.bootstrap_keys().await;
+    let api = Api::new(&a.base, &live);
+    let phone = "+15550005001";
+    let id = pair(&api, &fake, phone).await;
+
+    let mid = fake
+        .inbound(d(phone), "15557650002", "committed, then the crash")
+        .await
+        .expect("inbound");
+    let status = a.exited(T).await;
+    assert!(!status.success(), "the injected crash: {status:?}");
+    let committed = events_of(&db, &id, "message.received").await;
+    assert_eq!(committed.len(), 1, "committed before the crash");
+    assert_eq!(committed[0]["message_id"], mid.as_str());
+    let st = fake.inbound_status(d(phone), &mid).await.expect("status");
+    assert!(st.acked_at_ms.is_none(), "not acknowledged: {st:?}");
+
+    // Another gateway takes the channel over once the dead node's lease expires; WhatsApp redelivers.
+    let b = Proc::spawn(&db, "node-b", &[("WHATISUP_WA_URL", url.as_str())]).await;
+    assert!(
+        fake.wait_inbound_acked(d(phone), &mid, T)
+            .await
+            .expect("status"),
+        "the redelivered message is acknowledged"
+    );
+    let api = Api::new(&b.base, &live);
+    assert_eq!(api.channel(&id).await["status"], "connected");
+    let committed = events_of(&db, &id, "message.received").await;
+    assert_eq!(committed.len(), 1, "no duplicate: {committed:?}");
+    assert_eq!(committed[0]["text"], "committed, then the crash");
+    let _ = b.terminate().await;
     db.drop_db().await;
 }

@@ -651,9 +651,12 @@ impl InboundDurabilityHook for CommitHook {
         batch: &[WaInbound],
     ) -> whatsapp_rust::anyhow::Result<()> {
         for m in batch {
-            let body = match m.message.text_content() {
-                Some(text) => json!({"type": "text", "text": text}),
-                None => json!({"type": "unsupported"}),
+            // Messages from the account itself (sent on the phone) are not inbound traffic.
+            if m.info.source.is_from_me {
+                continue;
+            }
+            let Some(body) = body_of(&m.message) else {
+                continue;
             };
             let (ack, committed) = oneshot::channel();
             let message = InboundMessage {
@@ -675,6 +678,26 @@ impl InboundDurabilityHook for CommitHook {
         }
         Ok(())
     }
+}
+
+/// The `message.received` body of a message a person wrote; None for protocol traffic (app-state key shares,
+/// revokes, history notices) and bare sender-key distributions, which reach the hook like messages.
+fn body_of(message: &whatsapp_rust::prelude::wa::Message) -> Option<serde_json::Value> {
+    use whatsapp_rust::prelude::MessageField;
+    let base = message.get_base_message();
+    if let Some(text) = base.text_content() {
+        return Some(json!({"type": "text", "text": text}));
+    }
+    if base.protocol_message.is_set() {
+        return None;
+    }
+    let mut rest = base.clone();
+    rest.sender_key_distribution_message = MessageField::none();
+    rest.message_context_info = MessageField::none();
+    if rest == whatsapp_rust::prelude::wa::Message::default() {
+        return None;
+    }
+    Some(json!({"type": "unsupported"}))
 }
 
 mod http {
