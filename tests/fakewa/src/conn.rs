@@ -843,9 +843,14 @@ impl Session<'_> {
         }
     }
 
-    /// The client left passive mode: tell it the offline queue is empty (nothing is queued for
-    /// absent devices here) and let the phone share the app-state key.
+    /// The client left passive mode: deliver its offline queue (messages it never acknowledged) and let the
+    /// phone share the app-state key.
     async fn go_active(&mut self, phone: &str) -> anyhow::Result<()> {
+        // What the device missed (injected but never acknowledged) comes first, then the end-of-queue marker.
+        let offline = self.shared.offline_queue(phone);
+        for node in &offline {
+            self.send(node).await?;
+        }
         // Edge routing info, as the real server hands out: the client stores it and opens its
         // next connection with the `ED` pre-intro.
         let ib = NodeBuilder::new("ib")
@@ -855,7 +860,9 @@ impl Session<'_> {
                         .bytes(format!("fakewa:{phone}").into_bytes())
                         .build()])
                     .build(),
-                NodeBuilder::new("offline").attr("count", "0").build(),
+                NodeBuilder::new("offline")
+                    .attr("count", offline.len().to_string())
+                    .build(),
             ])
             .build();
         self.send(&ib).await?;

@@ -89,7 +89,13 @@ pub(crate) struct DeviceRecord {
     last_edge_routed: bool,
     inbound: Journal<InboundStatus>,
     outbound: Journal<Outbound>,
+    /// Injected messages the client has not acknowledged yet, oldest first: delivered again at the next login,
+    /// as WhatsApp's offline queue does.
+    unacked: VecDeque<(String, Node)>,
 }
+
+/// The most unacknowledged messages kept per device for redelivery.
+const UNACKED_CAPACITY: usize = 10_000;
 
 /// The most messages remembered per device and direction; the oldest are forgotten first, so a
 /// long benchmark does not grow without bound.
@@ -403,6 +409,7 @@ impl Shared {
             last_edge_routed: false,
             inbound: Journal::new(),
             outbound: Journal::new(),
+            unacked: VecDeque::new(),
         };
         let info = record.info();
         let old = self.state().devices.insert(new.phone.clone(), record);
@@ -530,6 +537,7 @@ impl Shared {
         if status.acked_at_ms.is_none() {
             status.acked_at_ms = Some(now_millis());
         }
+        d.unacked.retain(|(id, _)| id != message_id);
         if status.receipt.is_none() || receipt != "ack" {
             status.receipt = Some(receipt.to_string());
         }
@@ -801,10 +809,31 @@ impl Shared {
                     receipt: None,
                 },
             );
+            if d.unacked.len() == UNACKED_CAPACITY {
+                d.unacked.pop_front();
+            }
+            d.unacked.push_back((id.clone(), node.clone()));
         })?;
         self.send_cmd(phone, conn, Cmd::Send(Box::new(node)))
             .await?;
         Ok(id)
+    }
+
+    /// The messages to deliver again at login (marked `offline`), oldest first; they leave the queue when the
+    /// client acknowledges them.
+    pub(crate) fn offline_queue(&self, phone: &str) -> Vec<Node> {
+        let st = self.state();
+        let Some(d) = st.devices.get(phone) else {
+            return Vec::new();
+        };
+        d.unacked
+            .iter()
+            .map(|(_, node)| {
+                let mut node = node.clone();
+                node.attrs.insert("offline", "1");
+                node
+            })
+            .collect()
     }
 
     pub(crate) fn inbound_status(
