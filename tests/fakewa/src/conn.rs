@@ -790,7 +790,16 @@ impl Session<'_> {
                 }
             }
             ("usync", _) => iq::usync(&self.shared, &id, node).await?,
-            ("w:sync:app:state", _) => iq::app_state(&id, node),
+            ("w:sync:app:state", _) => {
+                let shared = &self.shared;
+                iq::app_state(&id, node, || match shared.push_name_genesis(&phone) {
+                    Ok(patch) => Some(patch),
+                    Err(e) => {
+                        tracing::warn!(%phone, "no push-name patch: {e:#}");
+                        None
+                    }
+                })
+            }
             (other, _) => iq::simple(&id, other, node),
         };
         self.send(&answer).await?;
@@ -844,7 +853,8 @@ impl Session<'_> {
     }
 
     /// The client left passive mode: tell it the offline queue is empty (nothing is queued for
-    /// absent devices here) and let the phone share the app-state key.
+    /// absent devices here) and, until it has the push name, let the phone share the app-state
+    /// key.
     async fn go_active(&mut self, phone: &str) -> anyhow::Result<()> {
         // Edge routing info, as the real server hands out: the client stores it and opens its
         // next connection with the `ED` pre-intro.
@@ -859,9 +869,13 @@ impl Session<'_> {
             ])
             .build();
         self.send(&ib).await?;
-        match self.shared.key_share_stanza(phone).await {
-            Ok(share) => self.send(&share).await?,
-            Err(e) => tracing::warn!(conn = self.me.id, %phone, "no app-state key share: {e:#}"),
+        if self.shared.needs_key_share(phone) {
+            match self.shared.key_share_stanza(phone).await {
+                Ok(share) => self.send(&share).await?,
+                Err(e) => {
+                    tracing::warn!(conn = self.me.id, %phone, "no app-state key share: {e:#}")
+                }
+            }
         }
         Ok(())
     }

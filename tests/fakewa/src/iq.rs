@@ -276,18 +276,33 @@ pub(crate) fn parse_skey(skey: &Node) -> anyhow::Result<(u32, [u8; 32], Vec<u8>)
     Ok((id, public, signature))
 }
 
-/// App-state sync: every requested collection is answered as up to date with no patches, which
-/// the client records as synced.
-pub(crate) fn app_state(id: &str, iq: &Node) -> Node {
-    let collections: Vec<Node> = iq
+/// App-state sync: a `critical_block` asked for from scratch gets the push-name genesis patch
+/// from `genesis`; everything else is answered as up to date with no patches, which the client
+/// records as synced.
+pub(crate) fn app_state(id: &str, iq: &Node, mut genesis: impl FnMut() -> Option<Vec<u8>>) -> Node {
+    let mut collections = Vec::new();
+    let requested = iq
         .get_optional_child("sync")
-        .map(|sync| {
-            sync.get_children_by_tag("collection")
-                .filter_map(|c| attr(c, "name"))
-                .map(|name| NodeBuilder::new("collection").attr("name", name).build())
-                .collect()
-        })
+        .map(|sync| sync.get_children_by_tag("collection").collect::<Vec<_>>())
         .unwrap_or_default();
+    for collection in requested {
+        let Some(name) = attr(collection, "name") else {
+            continue;
+        };
+        let from_scratch = attr(collection, "return_snapshot").as_deref() == Some("true");
+        let mut node = NodeBuilder::new("collection").attr("name", name.clone());
+        if from_scratch
+            && name == crate::appstate::CRITICAL_BLOCK
+            && let Some(patch) = genesis()
+        {
+            node = node
+                .attr("version", "1")
+                .children([NodeBuilder::new("patches")
+                    .children([NodeBuilder::new("patch").bytes(patch).build()])
+                    .build()]);
+        }
+        collections.push(node.build());
+    }
     result(id)
         .children([NodeBuilder::new("sync").children(collections).build()])
         .build()

@@ -6,6 +6,7 @@
 //! Test and benchmark use only; the client must be built with `danger-skip-cert-chain-verify`,
 //! because our certificate chain is not signed by WhatsApp's root key.
 
+mod appstate;
 mod conn;
 mod http;
 mod iq;
@@ -55,6 +56,8 @@ pub struct DeviceInfo {
     pub last_edge_routed: bool,
     /// One-time pre-keys the client uploaded and contacts have not consumed yet.
     pub prekeys: usize,
+    /// How often the phone sent the app-state key share (until the client has the push name).
+    pub key_shares: u32,
 }
 
 /// Server-wide counters.

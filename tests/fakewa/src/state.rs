@@ -87,6 +87,9 @@ pub(crate) struct DeviceRecord {
     logins: u64,
     last_handshake: Option<&'static str>,
     last_edge_routed: bool,
+    /// The client was given the push-name genesis patch, so it needs no more key shares.
+    genesis_served: bool,
+    key_shares: u32,
     inbound: Journal<InboundStatus>,
     outbound: Journal<Outbound>,
 }
@@ -161,6 +164,7 @@ impl DeviceRecord {
             last_handshake: self.last_handshake.map(str::to_string),
             last_edge_routed: self.last_edge_routed,
             prekeys: self.server_prekeys,
+            key_shares: self.key_shares,
         }
     }
 }
@@ -401,6 +405,8 @@ impl Shared {
             logins: 0,
             last_handshake: None,
             last_edge_routed: false,
+            genesis_served: false,
+            key_shares: 0,
             inbound: Journal::new(),
             outbound: Journal::new(),
         };
@@ -575,10 +581,32 @@ impl Shared {
             .await
     }
 
+    /// Whether the phone should (re)share the app-state key on this login: until the client
+    /// has fetched the push name, it waits `KEY_SHARE_GRACE_SECS` (10 s) for the key before
+    /// `Connected`; afterwards it never looks for one again.
+    pub(crate) fn needs_key_share(&self, phone: &str) -> bool {
+        self.with_device(phone, |d| !d.genesis_served)
+            .unwrap_or(false)
+    }
+
+    /// The `critical_block` genesis patch carrying the push name, for a client that asks for
+    /// the collection from scratch.
+    pub(crate) fn push_name_genesis(&self, phone: &str) -> anyhow::Result<Vec<u8>> {
+        let (key_id, key) = self
+            .with_device(phone, |d| (d.app_state_key_id.clone(), d.app_state_key))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let patch = crate::appstate::push_name_genesis_patch(
+            &key_id,
+            &key,
+            &format!("fakewa {phone}"),
+            now_millis() as i64,
+        )?;
+        let _ = self.with_device(phone, |d| d.genesis_served = true);
+        Ok(patch)
+    }
+
     /// The phone shares the account's app-state sync key with its companion, as a real phone
-    /// does right after linking. Without it the client waits `KEY_SHARE_GRACE_SECS` (10 s)
-    /// before `Connected` whenever it has no push name yet; sending it on every login keeps
-    /// resumes of a fresh `Client` fast too.
+    /// does right after linking.
     pub(crate) async fn key_share_stanza(&self, phone: &str) -> anyhow::Result<Node> {
         let (key_id, key, key_index) = self
             .with_device(phone, |d| {
@@ -614,6 +642,7 @@ impl Shared {
             ..Default::default()
         };
         let (kind, ciphertext) = self.encrypt_to_device(phone, phone, &message).await?;
+        let _ = self.with_device(phone, |d| d.key_shares += 1);
         Ok(NodeBuilder::new("message")
             .attr("from", Jid::pn(phone))
             .attr("type", "text")

@@ -166,8 +166,20 @@ async fn pair(fake: &FakeWa, phone: &str) -> (Arc<InMemoryBackend>, Device, f64)
         .await;
     assert_eq!(jid.user, phone);
     assert_eq!(jid.device, info.device_id);
-    device.connected().await;
+    // The first sync brings the push name the phone keeps in app state.
+    let mut push_name = None;
+    device
+        .wait("Connected", |e| match e {
+            Event::SelfPushNameUpdated(p) => {
+                push_name = Some(p.new_name.clone());
+                None
+            }
+            Event::Connected(_) => Some(()),
+            _ => None,
+        })
+        .await;
     let secs = started.elapsed().as_secs_f64();
+    assert_eq!(push_name, Some(format!("fakewa {phone}")));
     (store, device, secs)
 }
 
@@ -189,6 +201,7 @@ async fn qr_pairing_then_restart_resumes_over_ik() {
     assert_eq!(info.logins, 1);
     assert_eq!(info.last_handshake.as_deref(), Some("XX"));
     println!("QR pairing: {pair_secs:.2}s from scan to Connected");
+    assert_eq!(info.key_shares, 1);
     wait_until("the client uploads its pre-keys", async || {
         fake.device(phone).await.unwrap().prekeys > 0
     })
@@ -693,7 +706,8 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Resident memory of the `fakewa` process per paired, connected client. A measurement, not a
-/// check: `FAKEWA_MEM_CLIENTS=200 cargo test -p fakewa --test e2e -- --ignored --nocapture memory`.
+/// check: `FAKEWA_MEM_CLIENTS=200 cargo test -p fakewa --test e2e -- --ignored --nocapture memory`
+/// (optionally with `FAKEWA_BIN=target/release/fakewa`).
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "measurement; run explicitly"]
 async fn memory_per_connection() {
@@ -703,7 +717,9 @@ async fn memory_per_connection() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_fakewa"))
+    // FAKEWA_BIN=target/release/fakewa measures an optimized server instead of the test build.
+    let bin = std::env::var("FAKEWA_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_fakewa").into());
+    let mut server = std::process::Command::new(bin)
         .args(["--listen", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
         .spawn()
