@@ -9,13 +9,13 @@ use axum::extract::ws::{Message, WebSocket};
 use bytes::BytesMut;
 use tokio::sync::{mpsc, oneshot, watch};
 use whatsapp_rust::buffa::Message as _;
-use whatsapp_rust::wacore::framing::{FrameDecoder, encode_frame};
+use whatsapp_rust::wacore::framing::encode_frame;
 use whatsapp_rust::wacore::messages::decode_plaintext;
 use whatsapp_rust::wacore::proto_helpers::MessageExt as _;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use whatsapp_rust::wacore_binary::marshal::{marshal, unmarshal_ref};
 use whatsapp_rust::wacore_binary::util::unpack;
-use whatsapp_rust::wacore_binary::{Jid, Node, Server};
+use whatsapp_rust::wacore_binary::{Jid, Node, NodeRef, Server};
 use whatsapp_rust::waproto::whatsapp as wa;
 
 use crate::iq::{self, attr, content_bytes, jid_attr, result};
@@ -35,6 +35,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long a closing connection waits for the client to hang up.
 const LINGER: Duration = Duration::from_secs(2);
+
+/// Receive-buffer capacity an idle connection may keep; a larger one (left by the pre-key
+/// upload, ~30 KiB) is given back once the frames in it have been taken out.
+const IDLE_BUFFER: usize = 4 * 1024;
 
 /// Number of QR refs offered per registration, as WhatsApp does (60 s for the first, 20 s each
 /// for the rest, rotated by the client).
@@ -84,6 +88,8 @@ async fn run(
         other => other,
     };
     if flow == Flow::Close {
+        // No longer this device's connection, even while the client takes its time hanging up.
+        shared.forget_conn(session.me.id);
         session.wire.linger().await;
     }
     Ok(())
@@ -107,7 +113,7 @@ async fn handshake(shared: &Shared, wire: &mut Wire) -> anyhow::Result<Establish
 /// The byte stream under the Noise layer: WebSocket messages → preamble → length-prefixed frames.
 struct Wire {
     socket: WebSocket,
-    decoder: FrameDecoder,
+    decoder: Frames,
     /// Bytes seen before the preamble was complete; `None` once it has been stripped.
     preamble: Option<Vec<u8>>,
     /// The client opened with an edge-routing pre-intro (`ED…`).
@@ -118,7 +124,7 @@ impl Wire {
     fn new(socket: WebSocket) -> Self {
         Self {
             socket,
-            decoder: FrameDecoder::new(),
+            decoder: Frames::default(),
             preamble: Some(Vec::new()),
             edge_routed: false,
         }
@@ -143,7 +149,7 @@ impl Wire {
         if self.preamble.is_some() {
             return None;
         }
-        self.decoder.decode_frame()
+        self.decoder.next()
     }
 
     /// Applies one WebSocket message; `false` when the peer has gone.
@@ -189,6 +195,34 @@ impl Wire {
             .send(Message::Binary(framed.into()))
             .await
             .map_err(|e| anyhow!("websocket write failed: {e}"))
+    }
+}
+
+/// Splits the byte stream into frames (3-byte big-endian length, then the frame). Like
+/// `wacore::framing::FrameDecoder`, but it does not keep a large buffer once it is drained.
+#[derive(Default)]
+struct Frames {
+    buf: BytesMut,
+}
+
+impl Frames {
+    fn feed(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    fn next(&mut self) -> Option<BytesMut> {
+        let header: [u8; 3] = self.buf.get(..3)?.try_into().ok()?;
+        let len =
+            (usize::from(header[0]) << 16) | (usize::from(header[1]) << 8) | usize::from(header[2]);
+        if self.buf.len() < 3 + len {
+            return None;
+        }
+        bytes::Buf::advance(&mut self.buf, 3);
+        let frame = self.buf.split_to(len);
+        if self.buf.capacity() > IDLE_BUFFER && self.buf.len() <= IDLE_BUFFER {
+            self.buf = BytesMut::from(&self.buf[..]);
+        }
+        Some(frame)
     }
 }
 
@@ -374,9 +408,20 @@ impl Session<'_> {
     async fn on_frame(&mut self, frame: BytesMut) -> anyhow::Result<Flow> {
         let plaintext = self.transport.decrypt(frame)?;
         let unpacked = unpack(&plaintext).context("frame does not unpack")?;
-        let node = unmarshal_ref(&unpacked)
-            .context("frame is not a binary stanza")?
-            .to_owned();
+        let node = unmarshal_ref(&unpacked).context("frame is not a binary stanza")?;
+        if node.tag.as_ref() == "iq"
+            && iq::ref_attr(&node, "xmlns").as_deref() == Some("encrypt")
+            && iq::ref_attr(&node, "type").as_deref() == Some("set")
+            && let Role::LoggedIn(me) = &self.role
+        {
+            // Pre-key upload or rotation, handled on the borrowed stanza (see parse_prekey_upload).
+            let phone = me.phone.clone();
+            let id = iq::ref_attr(&node, "id").unwrap_or_default().into_owned();
+            let answer = self.on_encrypt_set(&id, &node, &phone);
+            self.send(&answer).await?;
+            return Ok(Flow::Continue);
+        }
+        let node = node.to_owned();
         self.on_node(&node).await
     }
 
@@ -774,7 +819,6 @@ impl Session<'_> {
                 }
                 return Ok(Flow::Continue);
             }
-            ("encrypt", "set") => self.on_encrypt_set(&id, node, &phone),
             ("encrypt", "get") => {
                 if let Some(key) = node.get_optional_child("key") {
                     iq::prekey_bundles(&self.shared, &id, key).await?
@@ -828,7 +872,7 @@ impl Session<'_> {
         Ok(Flow::Continue)
     }
 
-    fn on_encrypt_set(&mut self, id: &str, node: &Node, phone: &str) -> Node {
+    fn on_encrypt_set(&mut self, id: &str, node: &NodeRef<'_>, phone: &str) -> Node {
         if let Some(rotate) = node.get_optional_child("rotate") {
             match rotate.get_optional_child("skey").map(iq::parse_skey) {
                 Some(Ok((key_id, public, signature))) => {
@@ -1006,4 +1050,30 @@ fn registration_keys(
             .filter(|s| s.len() == 64)
             .ok_or_else(|| anyhow!("registration signed pre-key signature missing"))?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_across_feeds_and_shrink_after_a_big_one() {
+        let mut frames = Frames::default();
+        let big = vec![7u8; 40_000];
+        let mut stream = encode_frame(&big, None).unwrap();
+        stream.extend(encode_frame(b"small", None).unwrap());
+        let (a, b) = stream.split_at(1000);
+        frames.feed(a);
+        assert!(frames.next().is_none());
+        frames.feed(&b[..b.len() - 2]);
+        assert_eq!(frames.next().as_deref(), Some(&big[..]));
+        assert!(frames.next().is_none());
+        assert!(
+            frames.buf.capacity() <= IDLE_BUFFER,
+            "{}",
+            frames.buf.capacity()
+        );
+        frames.feed(&b[b.len() - 2..]);
+        assert_eq!(frames.next().as_deref(), Some(&b"small"[..]));
+    }
 }

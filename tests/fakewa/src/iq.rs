@@ -6,7 +6,7 @@ use anyhow::{Context, anyhow};
 use whatsapp_rust::wacore::iq::prekeys::PreKeyBundleUserNode;
 use whatsapp_rust::wacore::protocol::ProtocolNode as _;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
-use whatsapp_rust::wacore_binary::{Jid, Node, NodeContent, Server};
+use whatsapp_rust::wacore_binary::{Jid, Node, NodeContent, NodeRef, Server};
 
 use crate::noise::now_secs;
 use crate::pairing::{self, AdvAccount};
@@ -53,8 +53,13 @@ pub(crate) fn content_bytes(node: &Node) -> Option<&[u8]> {
     }
 }
 
-fn child_bytes<'a>(node: &'a Node, tag: &str) -> Option<&'a [u8]> {
-    node.get_optional_child(tag).and_then(content_bytes)
+fn ref_child_bytes<'a>(node: &'a NodeRef<'_>, tag: &str) -> Option<&'a [u8]> {
+    node.get_optional_child(tag)
+        .and_then(NodeRef::content_bytes)
+}
+
+pub(crate) fn ref_attr<'a>(node: &'a NodeRef<'_>, key: &str) -> Option<std::borrow::Cow<'a, str>> {
+    node.get_attr(key).map(|v| v.as_str())
 }
 
 fn be_uint(bytes: &[u8]) -> u32 {
@@ -233,11 +238,14 @@ async fn bundle_for(shared: &Shared, jid: &Jid) -> anyhow::Result<Node> {
 /// A one-time pre-key as uploaded: id and public key.
 pub(crate) type OneTimeKey = (u32, [u8; 32]);
 
-pub(crate) fn parse_prekey_upload(iq: &Node) -> anyhow::Result<(DeviceKeys, Vec<OneTimeKey>)> {
-    let registration_id = child_bytes(iq, "registration")
+/// Read from the borrowed stanza: with hundreds of keys it is the largest one a client sends.
+pub(crate) fn parse_prekey_upload(
+    iq: &NodeRef<'_>,
+) -> anyhow::Result<(DeviceKeys, Vec<OneTimeKey>)> {
+    let registration_id = ref_child_bytes(iq, "registration")
         .map(be_uint)
         .ok_or_else(|| anyhow!("upload without <registration>"))?;
-    let identity = key32(child_bytes(iq, "identity"), "<identity>")?;
+    let identity = key32(ref_child_bytes(iq, "identity"), "<identity>")?;
     let skey = iq
         .get_optional_child("skey")
         .ok_or_else(|| anyhow!("upload without <skey>"))?;
@@ -245,10 +253,10 @@ pub(crate) fn parse_prekey_upload(iq: &Node) -> anyhow::Result<(DeviceKeys, Vec<
     let mut one_time = Vec::new();
     if let Some(list) = iq.get_optional_child("list") {
         for key in list.get_children_by_tag("key") {
-            let id = child_bytes(key, "id")
+            let id = ref_child_bytes(key, "id")
                 .map(be_uint)
                 .context("pre-key without id")?;
-            let value = key32(child_bytes(key, "value"), "pre-key value")?;
+            let value = key32(ref_child_bytes(key, "value"), "pre-key value")?;
             one_time.push((id, value));
         }
     }
@@ -264,12 +272,12 @@ pub(crate) fn parse_prekey_upload(iq: &Node) -> anyhow::Result<(DeviceKeys, Vec<
     ))
 }
 
-pub(crate) fn parse_skey(skey: &Node) -> anyhow::Result<(u32, [u8; 32], Vec<u8>)> {
-    let id = child_bytes(skey, "id")
+pub(crate) fn parse_skey(skey: &NodeRef<'_>) -> anyhow::Result<(u32, [u8; 32], Vec<u8>)> {
+    let id = ref_child_bytes(skey, "id")
         .map(be_uint)
         .ok_or_else(|| anyhow!("<skey> without id"))?;
-    let public = key32(child_bytes(skey, "value"), "signed pre-key")?;
-    let signature = child_bytes(skey, "signature")
+    let public = key32(ref_child_bytes(skey, "value"), "signed pre-key")?;
+    let signature = ref_child_bytes(skey, "signature")
         .filter(|s| s.len() == 64)
         .ok_or_else(|| anyhow!("<skey> signature missing or not 64 bytes"))?
         .to_vec();

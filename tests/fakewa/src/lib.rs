@@ -5,6 +5,21 @@
 //!
 //! Test and benchmark use only; the client must be built with `danger-skip-cert-chain-verify`,
 //! because our certificate chain is not signed by WhatsApp's root key.
+//!
+//! What the client experiences:
+//! - A fresh store gets six QR refs; [`FakeWa::scan`] (or [`FakeWa::pair_code`] for a client
+//!   built `with_pair_code`) links it to a phone number, then the stream ends with 515 and the
+//!   client logs in. One companion per phone number: pairing the number again unlinks the old
+//!   one. Devices live in memory for the life of the server; a restarted client with the same
+//!   store resumes over Noise IK without a QR code.
+//! - After login the phone shares the app-state key and the first sync carries the account's
+//!   push name (`fakewa <number>`), so `Connected` follows within a fraction of a second and
+//!   restarts take the client's plain reconnection path. The key share reaches the client as an
+//!   `Event::Messages` with a `protocolMessage` from its own number, as with a real phone.
+//! - Contacts are any phone number, each with its own Signal identity. There is no offline
+//!   queue: [`FakeWa::inbound`] needs a live connection, and a message the client had not
+//!   acknowledged when its connection dropped is not redelivered.
+//! - Receipts for the client's messages come only on command ([`FakeWa::receipt`]).
 
 mod appstate;
 mod conn;
@@ -71,6 +86,21 @@ pub struct Stats {
     pub handshakes_xx: u64,
     pub handshakes_ik: u64,
     pub handshakes_xx_fallback: u64,
+    /// Live heap bytes of the process, when the embedding binary counts them (the `fakewa`
+    /// binary does; see [`set_heap_meter`]).
+    pub heap_bytes: Option<u64>,
+}
+
+static HEAP_METER: std::sync::OnceLock<fn() -> u64> = std::sync::OnceLock::new();
+
+/// Lets [`Stats::heap_bytes`] report the process's live heap, read through `meter` (typically a
+/// counting global allocator in the binary). Only the first call has an effect.
+pub fn set_heap_meter(meter: fn() -> u64) {
+    let _ = HEAP_METER.set(meter);
+}
+
+pub(crate) fn heap_bytes() -> Option<u64> {
+    HEAP_METER.get().map(|meter| meter())
 }
 
 /// A text the client sent to a fake contact, decrypted with the contact's Signal session.

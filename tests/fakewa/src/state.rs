@@ -283,15 +283,17 @@ impl Shared {
             handshakes_xx: self.handshakes[0].load(Ordering::Relaxed),
             handshakes_ik: self.handshakes[1].load(Ordering::Relaxed),
             handshakes_xx_fallback: self.handshakes[2].load(Ordering::Relaxed),
+            heap_bytes: crate::heap_bytes(),
         }
     }
 
+    /// Unregisters a connection (idempotent).
     pub(crate) fn forget_conn(&self, id: u64) {
-        self.open_connections.fetch_sub(1, Ordering::Relaxed);
         let mut st = self.state();
         let Some(entries) = st.conns.remove(&id) else {
             return;
         };
+        self.open_connections.fetch_sub(1, Ordering::Relaxed);
         for r in entries.qr_refs {
             st.qr_refs.remove(&r);
         }
@@ -485,7 +487,11 @@ impl Shared {
                 d.keys = keys;
             }
             d.server_prekeys += one_time.len();
-            d.one_time = one_time.into_iter().take(KEPT_ONE_TIME_PREKEYS).collect();
+            // A fresh small deque: collecting `into_iter().take(n)` would reuse (and keep) the
+            // allocation of all the uploaded keys.
+            let mut kept = VecDeque::with_capacity(KEPT_ONE_TIME_PREKEYS);
+            kept.extend(one_time.iter().take(KEPT_ONE_TIME_PREKEYS).copied());
+            d.one_time = kept;
         }
     }
 

@@ -85,6 +85,12 @@ async fn client_at(
     if let Some(options) = pair_code {
         builder = builder.with_pair_code(options);
     }
+    if let Some(n) = std::env::var("FAKEWA_TEST_PREKEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        builder = builder.with_wanted_pre_key_count(n);
+    }
     let bot = builder.build().await.unwrap();
     let client = bot.client();
     Device {
@@ -734,7 +740,12 @@ async fn memory_per_connection() {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("unexpected banner {line:?}"));
     let url = format!("ws://{addr}/ws/chat");
+    let heap = async || {
+        let (_, stats) = http(addr, "GET", "/control/stats", None).await;
+        stats["heap_bytes"].as_u64().unwrap_or(0)
+    };
     let before = rss_kib(server.id());
+    let heap_before = heap().await;
 
     let started = Instant::now();
     let mut devices = Vec::new();
@@ -770,10 +781,13 @@ async fn memory_per_connection() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = rss_kib(server.id());
+    let heap_after = heap().await;
     println!(
-        "{n} paired clients connected in {:.1}s; fakewa RSS {before} KiB -> {after} KiB: {:.1} KiB per connected device",
+        "{n} paired clients connected in {:.1}s; fakewa RSS {before} -> {after} KiB ({:.1} KiB \
+         per connected device), live heap {:.1} KiB per connected device",
         started.elapsed().as_secs_f64(),
-        (after.saturating_sub(before)) as f64 / n as f64
+        after.saturating_sub(before) as f64 / n as f64,
+        heap_after.saturating_sub(heap_before) as f64 / 1024.0 / n as f64,
     );
     for mut device in devices {
         device.stop().await;
