@@ -433,7 +433,7 @@ impl Session<'_> {
                 Ok(Flow::Continue)
             }
             "receipt" => {
-                self.on_client_receipt(node);
+                self.on_client_receipt(node).await?;
                 Ok(Flow::Continue)
             }
             "ack" => {
@@ -1002,14 +1002,14 @@ impl Session<'_> {
     }
 
     /// The client's receipts for messages we delivered: the first one marks the message acked.
-    fn on_client_receipt(&mut self, node: &Node) {
+    async fn on_client_receipt(&mut self, node: &Node) -> anyhow::Result<()> {
         let Role::LoggedIn(me) = &self.role else {
-            return;
+            return Ok(());
         };
+        let (phone, device_id) = (me.phone.clone(), me.device_id);
         let receipt = attr(node, "type").unwrap_or_else(|| "delivery".to_string());
         if receipt == "retry" {
-            tracing::warn!(conn = self.me.id, id = ?attr(node, "id"), "client could not decrypt a message (retry receipt)");
-            return;
+            return self.on_retry_receipt(node, &phone, device_id).await;
         }
         let mut ids: Vec<String> = attr(node, "id").into_iter().collect();
         if let Some(list) = node.get_optional_child("list") {
@@ -1019,7 +1019,35 @@ impl Session<'_> {
             );
         }
         for id in ids {
-            self.shared.mark_inbound_acked(&me.phone, &id, &receipt);
+            self.shared.mark_inbound_acked(&phone, &id, &receipt);
+        }
+        Ok(())
+    }
+
+    /// The client could not decrypt one of our messages: the contact re-sends it.
+    async fn on_retry_receipt(
+        &mut self,
+        node: &Node,
+        phone: &str,
+        device_id: u16,
+    ) -> anyhow::Result<()> {
+        let Some(id) = attr(node, "id") else {
+            return Ok(());
+        };
+        let count = node
+            .get_optional_child("retry")
+            .and_then(|r| attr(r, "count"))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1);
+        tracing::info!(conn = self.me.id, %id, count, "retry receipt: re-sending");
+        let bundle = iq::retry_bundle(node, device_id);
+        match self.shared.retry_stanza(phone, &id, count, bundle).await {
+            Ok(Some(resend)) => self.send(&resend).await,
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::warn!(conn = self.me.id, %id, "cannot answer the retry receipt: {e:#}");
+                Ok(())
+            }
         }
     }
 }

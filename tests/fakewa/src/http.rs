@@ -159,6 +159,9 @@ async fn outdated(State(s): State<Arc<Shared>>, Path(phone): Path<String>) -> Re
 struct InboundBody {
     from: String,
     text: String,
+    /// Corrupt the first delivery, so the client must ask for a retry.
+    #[serde(default)]
+    corrupt: bool,
 }
 
 async fn inbound(
@@ -166,7 +169,7 @@ async fn inbound(
     Path(phone): Path<String>,
     Body(b): Body<InboundBody>,
 ) -> Reply {
-    let id = s.inbound(&phone, &b.from, &b.text).await?;
+    let id = s.inbound(&phone, &b.from, &b.text, b.corrupt).await?;
     Ok(Json(json!({ "message_id": id })).into_response())
 }
 

@@ -4,6 +4,7 @@
 
 use anyhow::{Context, anyhow};
 use whatsapp_rust::wacore::iq::prekeys::PreKeyBundleUserNode;
+use whatsapp_rust::wacore::libsignal::protocol::PreKeyBundle;
 use whatsapp_rust::wacore::protocol::ProtocolNode as _;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use whatsapp_rust::wacore_binary::{Jid, Node, NodeContent, NodeRef, Server};
@@ -282,6 +283,31 @@ pub(crate) fn parse_skey(skey: &NodeRef<'_>) -> anyhow::Result<(u32, [u8; 32], V
         .ok_or_else(|| anyhow!("<skey> signature missing or not 64 bytes"))?
         .to_vec();
     Ok((id, public, signature))
+}
+
+/// The key bundle a retry receipt carries (`<registration>` and `<keys>`), if any.
+pub(crate) fn retry_bundle(receipt: &Node, device_id: u16) -> Option<PreKeyBundle> {
+    let receipt = receipt.as_node_ref();
+    let keys = receipt.get_optional_child("keys")?;
+    let registration_id = ref_child_bytes(&receipt, "registration").map(be_uint)?;
+    let identity = key32(ref_child_bytes(keys, "identity"), "identity").ok()?;
+    let (signed_id, signed_public, signed_signature) =
+        parse_skey(keys.get_optional_child("skey")?).ok()?;
+    let one_time = keys.get_optional_child("key").and_then(|k| {
+        Some((
+            ref_child_bytes(k, "id").map(be_uint)?,
+            key32(ref_child_bytes(k, "value"), "pre-key").ok()?,
+        ))
+    });
+    DeviceKeys {
+        registration_id,
+        identity,
+        signed_id,
+        signed_public,
+        signed_signature,
+    }
+    .bundle(device_id, one_time)
+    .ok()
 }
 
 /// App-state sync: a `critical_block` asked for from scratch gets the push-name genesis patch

@@ -124,6 +124,8 @@ pub struct InboundStatus {
     pub acked_at_ms: Option<u64>,
     /// The receipt type the client sent (`"delivery"` for a plain receipt, else e.g. `"read"`).
     pub receipt: Option<String>,
+    /// Retry receipts the contact answered by re-sending (the client could not decrypt).
+    pub retries: u32,
 }
 
 /// What a fake contact reports about a message the client sent it.
@@ -249,7 +251,19 @@ impl FakeWa {
         from: &str,
         text: &str,
     ) -> ControlResult<String> {
-        self.shared.inbound(phone_number, from, text).await
+        self.shared.inbound(phone_number, from, text, false).await
+    }
+
+    /// Like [`Self::inbound`], but the first delivery is corrupted in transit: the client cannot
+    /// decrypt it, sends a retry receipt, and the contact re-sends on a fresh session (what
+    /// WhatsApp senders do). Exercises the client's retry path.
+    pub async fn inbound_corrupted(
+        &self,
+        phone_number: &str,
+        from: &str,
+        text: &str,
+    ) -> ControlResult<String> {
+        self.shared.inbound(phone_number, from, text, true).await
     }
 
     /// The state of a message injected with [`Self::inbound`].

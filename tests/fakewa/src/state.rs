@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot, watch};
 use whatsapp_rust::buffa::MessageField;
-use whatsapp_rust::wacore::libsignal::protocol::ProtocolAddress;
+use whatsapp_rust::wacore::libsignal::protocol::{PreKeyBundle, ProtocolAddress};
 use whatsapp_rust::wacore::messages::MessageUtils;
 use whatsapp_rust::wacore::types::jid::JidExt as _;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
@@ -28,6 +28,9 @@ use crate::{
 /// How many of a companion's uploaded one-time pre-keys the server keeps. The client uploads
 /// hundreds; contacts only ever need a few, and this keeps a thousand devices small.
 const KEPT_ONE_TIME_PREKEYS: usize = 16;
+
+/// How often a contact answers retry receipts for one message before giving up.
+const MAX_RETRIES: u32 = 5;
 
 /// How long a control waits for the client to finish a pairing it started.
 const PAIRING_TIMEOUT: Duration = Duration::from_secs(60);
@@ -459,10 +462,7 @@ impl Shared {
 
     /// The companion's bundle for a party that starts a session with it (consumes a one-time
     /// pre-key when one is left; the signed pre-key alone is a valid X3DH bundle too).
-    fn take_device_bundle(
-        &self,
-        phone: &str,
-    ) -> anyhow::Result<whatsapp_rust::wacore::libsignal::protocol::PreKeyBundle> {
+    fn take_device_bundle(&self, phone: &str) -> anyhow::Result<PreKeyBundle> {
         let mut st = self.state();
         let d = st
             .devices
@@ -793,11 +793,14 @@ impl Shared {
             .await
     }
 
+    /// A text from contact `from` to the device. With `corrupt`, this first delivery carries a
+    /// damaged ciphertext, so the client has to ask for it again with a retry receipt.
     pub(crate) async fn inbound(
         &self,
         phone: &str,
         from: &str,
         text: &str,
+        corrupt: bool,
     ) -> ControlResult<String> {
         check_phone(from)?;
         if from == phone {
@@ -806,23 +809,16 @@ impl Shared {
             ));
         }
         let conn = self.live_conn(phone)?;
-        let message = wa::Message {
-            conversation: Some(text.to_string()),
-            ..Default::default()
-        };
-        let (kind, ciphertext) = self
-            .encrypt_to_device(from, phone, &message)
+        let (kind, mut ciphertext) = self
+            .encrypt_to_device(from, phone, &text_message(text))
             .await
             .map_err(|e| ControlError::Failed(format!("encrypting for {phone}: {e:#}")))?;
+        if corrupt {
+            crate::signal::corrupt_mac(kind, &mut ciphertext)
+                .map_err(|e| ControlError::Failed(format!("corrupting the message: {e:#}")))?;
+        }
         let id = self.new_id("3A");
-        let node = NodeBuilder::new("message")
-            .attr("from", Jid::pn(from))
-            .attr("type", "text")
-            .attr("id", id.clone())
-            .attr("t", now_secs().to_string())
-            .attr("notify", format!("Contact {from}"))
-            .children([enc_node(kind, ciphertext)])
-            .build();
+        let node = inbound_stanza(from, &id, kind, ciphertext, None);
         // Registered before sending, so an ack can never arrive for an unknown id.
         self.with_device(phone, |d| {
             d.inbound.push(
@@ -834,12 +830,60 @@ impl Shared {
                     sent_at_ms: now_millis(),
                     acked_at_ms: None,
                     receipt: None,
+                    retries: 0,
                 },
             );
         })?;
         self.send_cmd(phone, conn, Cmd::Send(Box::new(node)))
             .await?;
         Ok(id)
+    }
+
+    /// The contact's answer to a retry receipt, as WhatsApp senders do it: a new session (from
+    /// the keys in the receipt, else from the server's bundle) and the same message again.
+    /// `None` when the message is unknown or was retried too often.
+    pub(crate) async fn retry_stanza(
+        &self,
+        phone: &str,
+        message_id: &str,
+        count: u32,
+        keys: Option<PreKeyBundle>,
+    ) -> anyhow::Result<Option<Node>> {
+        let found = self
+            .with_device(phone, |d| {
+                let status = d.inbound.get_mut(message_id)?;
+                if status.retries >= MAX_RETRIES {
+                    return None;
+                }
+                status.retries += 1;
+                Some((status.from.clone(), status.text.clone(), d.device_id))
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let Some((from, text, device_id)) = found else {
+            return Ok(None);
+        };
+        let address = device_address(phone, device_id);
+        let party = self.party(&from)?;
+        let mut party = party.inner.lock().await;
+        party.forget_session(&address);
+        let bundle = match keys {
+            Some(bundle) => bundle,
+            None => self.take_device_bundle(phone)?,
+        };
+        party.start_session(&address, &bundle).await?;
+        let (kind, ciphertext) = party
+            .encrypt(
+                &address,
+                &MessageUtils::encode_and_pad(&text_message(&text)),
+            )
+            .await?;
+        Ok(Some(inbound_stanza(
+            &from,
+            message_id,
+            kind,
+            ciphertext,
+            Some(count),
+        )))
     }
 
     pub(crate) fn inbound_status(
@@ -917,6 +961,37 @@ pub(crate) struct PairedAccount {
 
 pub(crate) fn device_address(phone: &str, device_id: u16) -> ProtocolAddress {
     Jid::pn_device(phone, device_id).to_protocol_address()
+}
+
+fn text_message(text: &str) -> wa::Message {
+    wa::Message {
+        conversation: Some(text.to_string()),
+        ..Default::default()
+    }
+}
+
+/// A contact's 1:1 `<message>` to a companion; `retry` marks a resend (`count` on `<enc>`).
+fn inbound_stanza(
+    from: &str,
+    id: &str,
+    kind: &str,
+    ciphertext: Vec<u8>,
+    retry: Option<u32>,
+) -> Node {
+    let mut enc = NodeBuilder::new("enc")
+        .attr("v", "2")
+        .attr("type", kind.to_string());
+    if let Some(count) = retry {
+        enc = enc.attr("count", count.to_string());
+    }
+    NodeBuilder::new("message")
+        .attr("from", Jid::pn(from))
+        .attr("type", "text")
+        .attr("id", id.to_string())
+        .attr("t", now_secs().to_string())
+        .attr("notify", format!("Contact {from}"))
+        .children([enc.bytes(ciphertext).build()])
+        .build()
 }
 
 pub(crate) fn enc_node(kind: &str, ciphertext: Vec<u8>) -> Node {

@@ -373,7 +373,7 @@ async fn inbound_text_reaches_the_client_and_is_acked() {
     let contact = "15559990001";
     let (_store, mut device, _) = pair(&fake, phone).await;
 
-    for text in ["hello from a contact", "and a second one (msg, not pkmsg)"] {
+    for text in ["hello from a contact", "and a second one"] {
         let id = fake.inbound(phone, contact, text).await.unwrap();
         let (got_id, got_text, sender) = device
             .wait("the inbound message", |e| match e {
@@ -401,7 +401,30 @@ async fn inbound_text_reaches_the_client_and_is_acked() {
     }
     let list = fake.inbound_list(phone).await.unwrap();
     assert_eq!(list.len(), 2);
-    assert!(list.iter().all(|m| m.acked_at_ms.is_some()));
+    assert!(
+        list.iter()
+            .all(|m| m.acked_at_ms.is_some() && m.retries == 0)
+    );
+
+    // A delivery the client cannot decrypt: it asks again and the contact re-sends.
+    let id = fake
+        .inbound_corrupted(phone, contact, "damaged on the first try")
+        .await
+        .unwrap();
+    let text = device
+        .wait("the re-sent message", |e| match e {
+            Event::Messages(batch) => batch
+                .messages
+                .iter()
+                .find(|m| m.info.id == id)
+                .map(|m| m.message.text_content().unwrap_or_default().to_string()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(text, "damaged on the first try");
+    let status = fake.inbound_status(phone, &id).await.unwrap();
+    assert_eq!(status.retries, 1);
+    assert!(fake.wait_inbound_acked(phone, &id, WAIT).await.unwrap());
     device.stop().await;
 }
 
