@@ -5,11 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use axum::extract::ws::{Message, WebSocket};
 use bytes::BytesMut;
 use tokio::sync::{mpsc, oneshot, watch};
 use whatsapp_rust::buffa::Message as _;
-use whatsapp_rust::wacore::framing::encode_frame;
 use whatsapp_rust::wacore::messages::decode_plaintext;
 use whatsapp_rust::wacore::proto_helpers::MessageExt as _;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
@@ -19,15 +17,14 @@ use whatsapp_rust::wacore_binary::{Jid, Node, NodeRef, Server};
 use whatsapp_rust::waproto::whatsapp as wa;
 
 use crate::iq::{self, attr, content_bytes, jid_attr, result};
-use crate::noise::{
-    Established, HelloOutcome, Transport, now_secs, preamble_len, respond_to_hello,
-};
+use crate::noise::{Established, HelloOutcome, Transport, now_secs, respond_to_hello};
 use crate::pairing::{self, AdvAccount, PrimaryHello, ScannedQr};
 use crate::signal::DeviceKeys;
 use crate::state::{
     Cmd, ConnRef, Login, NewDevice, PairCode, PairQr, Shared, device_address, lid_user,
     stream_error_conflict,
 };
+use crate::wire::Wire;
 use crate::{ControlError, ControlResult, DeviceInfo, Outbound};
 
 /// How long the client gets to complete the Noise handshake.
@@ -36,18 +33,19 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a closing connection waits for the client to hang up.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// Receive-buffer capacity an idle connection may keep; a larger one (left by the pre-key
-/// upload, ~30 KiB) is given back once the frames in it have been taken out.
-const IDLE_BUFFER: usize = 4 * 1024;
+/// A logged-in client pings every 15-30 s; one silent this long is gone without a goodbye.
+const IDLE_LOGGED_IN: Duration = Duration::from_secs(120);
+
+/// A client showing QR codes gives up after 160 s of refs, so this covers a whole pairing.
+const IDLE_UNPAIRED: Duration = Duration::from_secs(300);
 
 /// Number of QR refs offered per registration, as WhatsApp does (60 s for the first, 20 s each
 /// for the rest, rotated by the client).
 const QR_REFS: usize = 6;
 
-pub(crate) async fn serve(shared: Arc<Shared>, socket: WebSocket) {
+pub(crate) async fn serve(shared: Arc<Shared>, mut wire: Wire) {
     let (me, cmds, shutdown) = shared.register_conn();
     let id = me.id;
-    let mut wire = Wire::new(socket);
     match run(&shared, &mut wire, me, cmds, shutdown).await {
         Ok(()) => tracing::debug!(conn = id, "connection closed"),
         Err(e) => tracing::info!(conn = id, "connection closed: {e:#}"),
@@ -90,7 +88,7 @@ async fn run(
     if flow == Flow::Close {
         // No longer this device's connection, even while the client takes its time hanging up.
         shared.forget_conn(session.me.id);
-        session.wire.linger().await;
+        session.wire.linger(LINGER).await;
     }
     Ok(())
 }
@@ -107,122 +105,6 @@ async fn handshake(shared: &Shared, wire: &mut Wire) -> anyhow::Result<Establish
             let finish = wire.recv_frame().await?;
             pending.finish(&finish)
         }
-    }
-}
-
-/// The byte stream under the Noise layer: WebSocket messages → preamble → length-prefixed frames.
-struct Wire {
-    socket: WebSocket,
-    decoder: Frames,
-    /// Bytes seen before the preamble was complete; `None` once it has been stripped.
-    preamble: Option<Vec<u8>>,
-    /// The client opened with an edge-routing pre-intro (`ED…`).
-    edge_routed: bool,
-}
-
-impl Wire {
-    fn new(socket: WebSocket) -> Self {
-        Self {
-            socket,
-            decoder: Frames::default(),
-            preamble: Some(Vec::new()),
-            edge_routed: false,
-        }
-    }
-
-    fn feed(&mut self, data: &[u8]) -> anyhow::Result<()> {
-        let Some(buf) = self.preamble.as_mut() else {
-            self.decoder.feed(data);
-            return Ok(());
-        };
-        buf.extend_from_slice(data);
-        if let Some(n) = preamble_len(buf)? {
-            self.edge_routed = buf.starts_with(b"ED");
-            let rest = buf.split_off(n);
-            self.preamble = None;
-            self.decoder.feed(&rest);
-        }
-        Ok(())
-    }
-
-    fn buffered_frame(&mut self) -> Option<BytesMut> {
-        if self.preamble.is_some() {
-            return None;
-        }
-        self.decoder.next()
-    }
-
-    /// Applies one WebSocket message; `false` when the peer has gone.
-    fn on_message(
-        &mut self,
-        message: Option<Result<Message, axum::Error>>,
-    ) -> anyhow::Result<bool> {
-        match message {
-            None | Some(Ok(Message::Close(_))) => Ok(false),
-            Some(Err(e)) => Err(anyhow!("websocket read failed: {e}")),
-            Some(Ok(Message::Binary(data))) => {
-                self.feed(&data)?;
-                Ok(true)
-            }
-            Some(Ok(_)) => Ok(true),
-        }
-    }
-
-    async fn recv_frame(&mut self) -> anyhow::Result<BytesMut> {
-        loop {
-            if let Some(frame) = self.buffered_frame() {
-                return Ok(frame);
-            }
-            let message = self.socket.recv().await;
-            if !self.on_message(message)? {
-                bail!("client closed the connection during the handshake");
-            }
-        }
-    }
-
-    /// Ends the connection after a final stanza without resetting it: a close frame, then reading
-    /// until the client hangs up (it does on every terminal stanza). Dropping a socket with unread
-    /// input sends a TCP RST, which may destroy that last stanza before the client reads it.
-    async fn linger(&mut self) {
-        let _ = self.socket.send(Message::Close(None)).await;
-        let drain = async { while let Some(Ok(_)) = self.socket.recv().await {} };
-        let _ = tokio::time::timeout(LINGER, drain).await;
-    }
-
-    async fn send_frame(&mut self, payload: &[u8]) -> anyhow::Result<()> {
-        let framed = encode_frame(payload, None)?;
-        self.socket
-            .send(Message::Binary(framed.into()))
-            .await
-            .map_err(|e| anyhow!("websocket write failed: {e}"))
-    }
-}
-
-/// Splits the byte stream into frames (3-byte big-endian length, then the frame). Like
-/// `wacore::framing::FrameDecoder`, but it does not keep a large buffer once it is drained.
-#[derive(Default)]
-struct Frames {
-    buf: BytesMut,
-}
-
-impl Frames {
-    fn feed(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
-    }
-
-    fn next(&mut self) -> Option<BytesMut> {
-        let header: [u8; 3] = self.buf.get(..3)?.try_into().ok()?;
-        let len =
-            (usize::from(header[0]) << 16) | (usize::from(header[1]) << 8) | usize::from(header[2]);
-        if self.buf.len() < 3 + len {
-            return None;
-        }
-        bytes::Buf::advance(&mut self.buf, 3);
-        let frame = self.buf.split_to(len);
-        if self.buf.capacity() > IDLE_BUFFER && self.buf.len() <= IDLE_BUFFER {
-            self.buf = BytesMut::from(&self.buf[..]);
-        }
-        Some(frame)
     }
 }
 
@@ -373,6 +255,7 @@ impl Session<'_> {
         mut cmds: mpsc::Receiver<Cmd>,
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Flow> {
+        let mut heard_at = tokio::time::Instant::now();
         loop {
             while let Some(frame) = self.wire.buffered_frame() {
                 let flow = self.on_frame(frame).await?;
@@ -383,11 +266,19 @@ impl Session<'_> {
             if *shutdown.borrow() {
                 return Ok(Flow::Abort);
             }
+            let idle_limit = match self.role {
+                Role::LoggedIn(_) => IDLE_LOGGED_IN,
+                _ => IDLE_UNPAIRED,
+            };
             tokio::select! {
-                message = self.wire.socket.recv() => {
-                    if !self.wire.on_message(message)? {
+                open = self.wire.read_some() => {
+                    if !open? {
                         return Ok(Flow::Abort);
                     }
+                    heard_at = tokio::time::Instant::now();
+                }
+                () = tokio::time::sleep_until(heard_at + idle_limit) => {
+                    bail!("client silent for {idle_limit:?}");
                 }
                 cmd = cmds.recv() => {
                     let Some(cmd) = cmd else { return Ok(Flow::Abort) };
@@ -1078,30 +969,4 @@ fn registration_keys(
             .filter(|s| s.len() == 64)
             .ok_or_else(|| anyhow!("registration signed pre-key signature missing"))?,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_split_across_feeds_and_shrink_after_a_big_one() {
-        let mut frames = Frames::default();
-        let big = vec![7u8; 40_000];
-        let mut stream = encode_frame(&big, None).unwrap();
-        stream.extend(encode_frame(b"small", None).unwrap());
-        let (a, b) = stream.split_at(1000);
-        frames.feed(a);
-        assert!(frames.next().is_none());
-        frames.feed(&b[..b.len() - 2]);
-        assert_eq!(frames.next().as_deref(), Some(&big[..]));
-        assert!(frames.next().is_none());
-        assert!(
-            frames.buf.capacity() <= IDLE_BUFFER,
-            "{}",
-            frames.buf.capacity()
-        );
-        frames.feed(&b[b.len() - 2..]);
-        assert_eq!(frames.next().as_deref(), Some(&b"small"[..]));
-    }
 }

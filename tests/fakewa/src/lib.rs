@@ -29,6 +29,7 @@ mod noise;
 mod pairing;
 mod signal;
 mod state;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
