@@ -20,6 +20,28 @@
 //!   queue: [`FakeWa::inbound`] needs a live connection, and a message the client had not
 //!   acknowledged when its connection dropped is not redelivered.
 //! - Receipts for the client's messages come only on command ([`FakeWa::receipt`]).
+//! - A message the client cannot decrypt is answered like a real sender would: the contact
+//!   re-sends it on a fresh session when the client's retry receipt arrives.
+//!
+//! The binary (`cargo run --release -p fakewa -- --listen 127.0.0.1:PORT`) prints
+//! `fakewa listening on ADDR (client URL ws://ADDR/ws/chat)` on stdout and serves the control API
+//! on the same port; errors are `{"error": "..."}` with 404 (unknown phone or object), 409 (not
+//! connected, or the exchange failed) or 400 (bad request):
+//!
+//! | Request | Body | Answer |
+//! |---|---|---|
+//! | `POST /control/scan` | `{"qr","phone_number"}` | [`DeviceInfo`] |
+//! | `POST /control/pair-code` | `{"phone_number","code"}` | [`DeviceInfo`] |
+//! | `GET /control/devices` | | `[DeviceInfo]` |
+//! | `GET /control/devices/{phone}` | | [`DeviceInfo`] |
+//! | `POST /control/devices/{phone}/drop`, `…/logout`, `…/replace`, `…/outdated` | | `{"ok":true}` |
+//! | `POST /control/devices/{phone}/ban` | optional `{"expire_secs"}` (default a day) | `{"ok":true}` |
+//! | `POST /control/devices/{phone}/inbound` | `{"from","text"}` (+ `"corrupt":true`) | `{"message_id"}` |
+//! | `GET /control/devices/{phone}/inbound` | | `[InboundStatus]` |
+//! | `GET /control/devices/{phone}/inbound/{message_id}` | | [`InboundStatus`] |
+//! | `POST /control/devices/{phone}/receipt` | `{"message_id","status":"delivered"\|"read"}` | `{"ok":true}` |
+//! | `GET /control/devices/{phone}/outbound` | | `[{"to","text","message_id"}]` |
+//! | `GET /control/stats` | | [`Stats`] |
 
 mod appstate;
 mod conn;
