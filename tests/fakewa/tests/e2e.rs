@@ -842,3 +842,66 @@ async fn ik_against_a_new_server_key_falls_back_to_xx() {
     assert_eq!(stats.handshakes_ik, 0, "{stats:?}");
     again.run_loop_ends().await;
 }
+
+/// Opens a WebSocket by hand and sends `payload` as one masked binary message; returns whether
+/// the server closed the connection (rather than waiting for more) within a few seconds.
+fn raw_ws_session(addr: SocketAddr, payload: &[u8]) -> bool {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET /ws/chat HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    let mut frame = vec![0x82, 0x80 | payload.len() as u8, 1, 2, 3, 4];
+    frame.extend(
+        payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
+    );
+    stream.write_all(&frame).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut rest = Vec::new();
+    // EOF (or a reset) ends the read; a timeout means the server kept the connection open.
+    match stream.read_to_end(&mut rest) {
+        Ok(_) => true,
+        Err(e) => {
+            e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_socket_closes_only_that_connection() {
+    let fake = fake().await;
+    let addr = fake.addr();
+    // Not the WA preamble; then the preamble followed by a frame that is no handshake message.
+    let mut bad_hello = b"WA\x06\x03".to_vec();
+    bad_hello.extend_from_slice(&[0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    for payload in [b"GET / HTTP/1.1".to_vec(), bad_hello] {
+        let closed = tokio::task::spawn_blocking(move || raw_ws_session(addr, &payload))
+            .await
+            .unwrap();
+        assert!(closed, "the server should hang up on a malformed stream");
+    }
+    wait_until("both bad connections are gone", async || {
+        fake.stats().await.open_connections == 0
+    })
+    .await;
+    // The server still pairs clients.
+    let (_store, mut device, _) = pair(&fake, "15550004545").await;
+    device.stop().await;
+}
