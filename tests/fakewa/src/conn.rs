@@ -5,29 +5,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use axum::extract::ws::{Message, WebSocket};
 use bytes::BytesMut;
 use tokio::sync::{mpsc, oneshot, watch};
 use whatsapp_rust::buffa::Message as _;
-use whatsapp_rust::wacore::framing::{FrameDecoder, encode_frame};
 use whatsapp_rust::wacore::messages::decode_plaintext;
 use whatsapp_rust::wacore::proto_helpers::MessageExt as _;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use whatsapp_rust::wacore_binary::marshal::{marshal, unmarshal_ref};
 use whatsapp_rust::wacore_binary::util::unpack;
-use whatsapp_rust::wacore_binary::{Jid, Node, Server};
+use whatsapp_rust::wacore_binary::{Jid, Node, NodeRef, Server};
 use whatsapp_rust::waproto::whatsapp as wa;
 
 use crate::iq::{self, attr, content_bytes, jid_attr, result};
-use crate::noise::{
-    Established, HelloOutcome, Transport, now_secs, preamble_len, respond_to_hello,
-};
+use crate::noise::{Established, HelloOutcome, Transport, now_secs, respond_to_hello};
 use crate::pairing::{self, AdvAccount, PrimaryHello, ScannedQr};
 use crate::signal::DeviceKeys;
 use crate::state::{
     Cmd, ConnRef, Login, NewDevice, PairCode, PairQr, Shared, device_address, lid_user,
     stream_error_conflict,
 };
+use crate::wire::Wire;
 use crate::{ControlError, ControlResult, DeviceInfo, Outbound};
 
 /// How long the client gets to complete the Noise handshake.
@@ -36,14 +33,19 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a closing connection waits for the client to hang up.
 const LINGER: Duration = Duration::from_secs(2);
 
+/// A logged-in client pings every 15-30 s; one silent this long is gone without a goodbye.
+const IDLE_LOGGED_IN: Duration = Duration::from_secs(120);
+
+/// A client showing QR codes gives up after 160 s of refs, so this covers a whole pairing.
+const IDLE_UNPAIRED: Duration = Duration::from_secs(300);
+
 /// Number of QR refs offered per registration, as WhatsApp does (60 s for the first, 20 s each
 /// for the rest, rotated by the client).
 const QR_REFS: usize = 6;
 
-pub(crate) async fn serve(shared: Arc<Shared>, socket: WebSocket) {
+pub(crate) async fn serve(shared: Arc<Shared>, mut wire: Wire) {
     let (me, cmds, shutdown) = shared.register_conn();
     let id = me.id;
-    let mut wire = Wire::new(socket);
     match run(&shared, &mut wire, me, cmds, shutdown).await {
         Ok(()) => tracing::debug!(conn = id, "connection closed"),
         Err(e) => tracing::info!(conn = id, "connection closed: {e:#}"),
@@ -84,7 +86,9 @@ async fn run(
         other => other,
     };
     if flow == Flow::Close {
-        session.wire.linger().await;
+        // No longer this device's connection, even while the client takes its time hanging up.
+        shared.forget_conn(session.me.id);
+        session.wire.linger(LINGER).await;
     }
     Ok(())
 }
@@ -101,94 +105,6 @@ async fn handshake(shared: &Shared, wire: &mut Wire) -> anyhow::Result<Establish
             let finish = wire.recv_frame().await?;
             pending.finish(&finish)
         }
-    }
-}
-
-/// The byte stream under the Noise layer: WebSocket messages → preamble → length-prefixed frames.
-struct Wire {
-    socket: WebSocket,
-    decoder: FrameDecoder,
-    /// Bytes seen before the preamble was complete; `None` once it has been stripped.
-    preamble: Option<Vec<u8>>,
-    /// The client opened with an edge-routing pre-intro (`ED…`).
-    edge_routed: bool,
-}
-
-impl Wire {
-    fn new(socket: WebSocket) -> Self {
-        Self {
-            socket,
-            decoder: FrameDecoder::new(),
-            preamble: Some(Vec::new()),
-            edge_routed: false,
-        }
-    }
-
-    fn feed(&mut self, data: &[u8]) -> anyhow::Result<()> {
-        let Some(buf) = self.preamble.as_mut() else {
-            self.decoder.feed(data);
-            return Ok(());
-        };
-        buf.extend_from_slice(data);
-        if let Some(n) = preamble_len(buf)? {
-            self.edge_routed = buf.starts_with(b"ED");
-            let rest = buf.split_off(n);
-            self.preamble = None;
-            self.decoder.feed(&rest);
-        }
-        Ok(())
-    }
-
-    fn buffered_frame(&mut self) -> Option<BytesMut> {
-        if self.preamble.is_some() {
-            return None;
-        }
-        self.decoder.decode_frame()
-    }
-
-    /// Applies one WebSocket message; `false` when the peer has gone.
-    fn on_message(
-        &mut self,
-        message: Option<Result<Message, axum::Error>>,
-    ) -> anyhow::Result<bool> {
-        match message {
-            None | Some(Ok(Message::Close(_))) => Ok(false),
-            Some(Err(e)) => Err(anyhow!("websocket read failed: {e}")),
-            Some(Ok(Message::Binary(data))) => {
-                self.feed(&data)?;
-                Ok(true)
-            }
-            Some(Ok(_)) => Ok(true),
-        }
-    }
-
-    async fn recv_frame(&mut self) -> anyhow::Result<BytesMut> {
-        loop {
-            if let Some(frame) = self.buffered_frame() {
-                return Ok(frame);
-            }
-            let message = self.socket.recv().await;
-            if !self.on_message(message)? {
-                bail!("client closed the connection during the handshake");
-            }
-        }
-    }
-
-    /// Ends the connection after a final stanza without resetting it: a close frame, then reading
-    /// until the client hangs up (it does on every terminal stanza). Dropping a socket with unread
-    /// input sends a TCP RST, which may destroy that last stanza before the client reads it.
-    async fn linger(&mut self) {
-        let _ = self.socket.send(Message::Close(None)).await;
-        let drain = async { while let Some(Ok(_)) = self.socket.recv().await {} };
-        let _ = tokio::time::timeout(LINGER, drain).await;
-    }
-
-    async fn send_frame(&mut self, payload: &[u8]) -> anyhow::Result<()> {
-        let framed = encode_frame(payload, None)?;
-        self.socket
-            .send(Message::Binary(framed.into()))
-            .await
-            .map_err(|e| anyhow!("websocket write failed: {e}"))
     }
 }
 
@@ -339,6 +255,7 @@ impl Session<'_> {
         mut cmds: mpsc::Receiver<Cmd>,
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Flow> {
+        let mut heard_at = tokio::time::Instant::now();
         loop {
             while let Some(frame) = self.wire.buffered_frame() {
                 let flow = self.on_frame(frame).await?;
@@ -349,11 +266,19 @@ impl Session<'_> {
             if *shutdown.borrow() {
                 return Ok(Flow::Abort);
             }
+            let idle_limit = match self.role {
+                Role::LoggedIn(_) => IDLE_LOGGED_IN,
+                _ => IDLE_UNPAIRED,
+            };
             tokio::select! {
-                message = self.wire.socket.recv() => {
-                    if !self.wire.on_message(message)? {
+                open = self.wire.read_some() => {
+                    if !open? {
                         return Ok(Flow::Abort);
                     }
+                    heard_at = tokio::time::Instant::now();
+                }
+                () = tokio::time::sleep_until(heard_at + idle_limit) => {
+                    bail!("client silent for {idle_limit:?}");
                 }
                 cmd = cmds.recv() => {
                     let Some(cmd) = cmd else { return Ok(Flow::Abort) };
@@ -374,9 +299,20 @@ impl Session<'_> {
     async fn on_frame(&mut self, frame: BytesMut) -> anyhow::Result<Flow> {
         let plaintext = self.transport.decrypt(frame)?;
         let unpacked = unpack(&plaintext).context("frame does not unpack")?;
-        let node = unmarshal_ref(&unpacked)
-            .context("frame is not a binary stanza")?
-            .to_owned();
+        let node = unmarshal_ref(&unpacked).context("frame is not a binary stanza")?;
+        if node.tag.as_ref() == "iq"
+            && iq::ref_attr(&node, "xmlns").as_deref() == Some("encrypt")
+            && iq::ref_attr(&node, "type").as_deref() == Some("set")
+            && let Role::LoggedIn(me) = &self.role
+        {
+            // Pre-key upload or rotation, handled on the borrowed stanza (see parse_prekey_upload).
+            let phone = me.phone.clone();
+            let id = iq::ref_attr(&node, "id").unwrap_or_default().into_owned();
+            let answer = self.on_encrypt_set(&id, &node, &phone);
+            self.send(&answer).await?;
+            return Ok(Flow::Continue);
+        }
+        let node = node.to_owned();
         self.on_node(&node).await
     }
 
@@ -388,7 +324,7 @@ impl Session<'_> {
                 Ok(Flow::Continue)
             }
             "receipt" => {
-                self.on_client_receipt(node);
+                self.on_client_receipt(node).await?;
                 Ok(Flow::Continue)
             }
             "ack" => {
@@ -774,7 +710,6 @@ impl Session<'_> {
                 }
                 return Ok(Flow::Continue);
             }
-            ("encrypt", "set") => self.on_encrypt_set(&id, node, &phone),
             ("encrypt", "get") => {
                 if let Some(key) = node.get_optional_child("key") {
                     iq::prekey_bundles(&self.shared, &id, key).await?
@@ -790,7 +725,16 @@ impl Session<'_> {
                 }
             }
             ("usync", _) => iq::usync(&self.shared, &id, node).await?,
-            ("w:sync:app:state", _) => iq::app_state(&id, node),
+            ("w:sync:app:state", _) => {
+                let shared = &self.shared;
+                iq::app_state(&id, node, || match shared.push_name_genesis(&phone) {
+                    Ok(patch) => Some(patch),
+                    Err(e) => {
+                        tracing::warn!(%phone, "no push-name patch: {e:#}");
+                        None
+                    }
+                })
+            }
             (other, _) => iq::simple(&id, other, node),
         };
         self.send(&answer).await?;
@@ -819,7 +763,7 @@ impl Session<'_> {
         Ok(Flow::Continue)
     }
 
-    fn on_encrypt_set(&mut self, id: &str, node: &Node, phone: &str) -> Node {
+    fn on_encrypt_set(&mut self, id: &str, node: &NodeRef<'_>, phone: &str) -> Node {
         if let Some(rotate) = node.get_optional_child("rotate") {
             match rotate.get_optional_child("skey").map(iq::parse_skey) {
                 Some(Ok((key_id, public, signature))) => {
@@ -843,8 +787,8 @@ impl Session<'_> {
         }
     }
 
-    /// The client left passive mode: deliver its offline queue (messages it never acknowledged) and let the
-    /// phone share the app-state key.
+    /// The client left passive mode: deliver its offline queue (messages it never acknowledged)
+    /// and, until it has the push name, let the phone share the app-state key.
     async fn go_active(&mut self, phone: &str) -> anyhow::Result<()> {
         // What the device missed (injected but never acknowledged) comes first, then the end-of-queue marker.
         let offline = self.shared.offline_queue(phone);
@@ -866,9 +810,13 @@ impl Session<'_> {
             ])
             .build();
         self.send(&ib).await?;
-        match self.shared.key_share_stanza(phone).await {
-            Ok(share) => self.send(&share).await?,
-            Err(e) => tracing::warn!(conn = self.me.id, %phone, "no app-state key share: {e:#}"),
+        if self.shared.needs_key_share(phone) {
+            match self.shared.key_share_stanza(phone).await {
+                Ok(share) => self.send(&share).await?,
+                Err(e) => {
+                    tracing::warn!(conn = self.me.id, %phone, "no app-state key share: {e:#}")
+                }
+            }
         }
         Ok(())
     }
@@ -951,14 +899,14 @@ impl Session<'_> {
     }
 
     /// The client's receipts for messages we delivered: the first one marks the message acked.
-    fn on_client_receipt(&mut self, node: &Node) {
+    async fn on_client_receipt(&mut self, node: &Node) -> anyhow::Result<()> {
         let Role::LoggedIn(me) = &self.role else {
-            return;
+            return Ok(());
         };
+        let (phone, device_id) = (me.phone.clone(), me.device_id);
         let receipt = attr(node, "type").unwrap_or_else(|| "delivery".to_string());
         if receipt == "retry" {
-            tracing::warn!(conn = self.me.id, id = ?attr(node, "id"), "client could not decrypt a message (retry receipt)");
-            return;
+            return self.on_retry_receipt(node, &phone, device_id).await;
         }
         let mut ids: Vec<String> = attr(node, "id").into_iter().collect();
         if let Some(list) = node.get_optional_child("list") {
@@ -968,7 +916,35 @@ impl Session<'_> {
             );
         }
         for id in ids {
-            self.shared.mark_inbound_acked(&me.phone, &id, &receipt);
+            self.shared.mark_inbound_acked(&phone, &id, &receipt);
+        }
+        Ok(())
+    }
+
+    /// The client could not decrypt one of our messages: the contact re-sends it.
+    async fn on_retry_receipt(
+        &mut self,
+        node: &Node,
+        phone: &str,
+        device_id: u16,
+    ) -> anyhow::Result<()> {
+        let Some(id) = attr(node, "id") else {
+            return Ok(());
+        };
+        let count = node
+            .get_optional_child("retry")
+            .and_then(|r| attr(r, "count"))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1);
+        tracing::info!(conn = self.me.id, %id, count, "retry receipt: re-sending");
+        let bundle = iq::retry_bundle(node, device_id);
+        match self.shared.retry_stanza(phone, &id, count, bundle).await {
+            Ok(Some(resend)) => self.send(&resend).await,
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::warn!(conn = self.me.id, %id, "cannot answer the retry receipt: {e:#}");
+                Ok(())
+            }
         }
     }
 }

@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequest, Path, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -14,12 +13,6 @@ use serde_json::json;
 
 use crate::state::Shared;
 use crate::{ControlError, ReceiptStatus};
-
-/// Small WebSocket buffers: a stanza is a few hundred bytes and a thousand idle clients should
-/// not hold 128 KiB read buffers each.
-const WS_READ_BUFFER: usize = 4 * 1024;
-const WS_WRITE_BUFFER: usize = 4 * 1024;
-const WS_MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -44,12 +37,54 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-async fn ws_chat(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade
-        .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(WS_WRITE_BUFFER)
-        .max_message_size(WS_MAX_MESSAGE)
-        .on_upgrade(move |socket| crate::conn::serve(shared, socket))
+/// The WebSocket upgrade, by hand (see `wire`): answer 101 and hand the upgraded connection to a
+/// connection task.
+async fn ws_chat(State(shared): State<Arc<Shared>>, mut req: Request) -> Response {
+    let headers = req.headers();
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let (true, true, true, Some(key)) = (
+        req.method() == Method::GET,
+        has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket"),
+        has(header::SEC_WEBSOCKET_VERSION, "13"),
+        key,
+    ) else {
+        return (StatusCode::BAD_REQUEST, "expected a WebSocket upgrade").into_response();
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            "connection cannot be upgraded",
+        )
+            .into_response();
+    };
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                crate::conn::serve(shared, crate::wire::Wire::new(io)).await;
+            }
+            Err(e) => tracing::debug!("WebSocket upgrade failed: {e}"),
+        }
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, HeaderValue::from_static("upgrade")),
+            (header::UPGRADE, HeaderValue::from_static("websocket")),
+            (
+                header::SEC_WEBSOCKET_ACCEPT,
+                HeaderValue::from_str(&crate::wire::accept_key(key.as_bytes()))
+                    .unwrap_or(HeaderValue::from_static("")),
+            ),
+        ],
+    )
+        .into_response()
 }
 
 impl IntoResponse for ControlError {
@@ -159,6 +194,9 @@ async fn outdated(State(s): State<Arc<Shared>>, Path(phone): Path<String>) -> Re
 struct InboundBody {
     from: String,
     text: String,
+    /// Corrupt the first delivery, so the client must ask for a retry.
+    #[serde(default)]
+    corrupt: bool,
 }
 
 async fn inbound(
@@ -166,7 +204,7 @@ async fn inbound(
     Path(phone): Path<String>,
     Body(b): Body<InboundBody>,
 ) -> Reply {
-    let id = s.inbound(&phone, &b.from, &b.text).await?;
+    let id = s.inbound(&phone, &b.from, &b.text, b.corrupt).await?;
     Ok(Json(json!({ "message_id": id })).into_response())
 }
 

@@ -4,9 +4,10 @@
 
 use anyhow::{Context, anyhow};
 use whatsapp_rust::wacore::iq::prekeys::PreKeyBundleUserNode;
+use whatsapp_rust::wacore::libsignal::protocol::PreKeyBundle;
 use whatsapp_rust::wacore::protocol::ProtocolNode as _;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
-use whatsapp_rust::wacore_binary::{Jid, Node, NodeContent, Server};
+use whatsapp_rust::wacore_binary::{Jid, Node, NodeContent, NodeRef, Server};
 
 use crate::noise::now_secs;
 use crate::pairing::{self, AdvAccount};
@@ -53,8 +54,13 @@ pub(crate) fn content_bytes(node: &Node) -> Option<&[u8]> {
     }
 }
 
-fn child_bytes<'a>(node: &'a Node, tag: &str) -> Option<&'a [u8]> {
-    node.get_optional_child(tag).and_then(content_bytes)
+fn ref_child_bytes<'a>(node: &'a NodeRef<'_>, tag: &str) -> Option<&'a [u8]> {
+    node.get_optional_child(tag)
+        .and_then(NodeRef::content_bytes)
+}
+
+pub(crate) fn ref_attr<'a>(node: &'a NodeRef<'_>, key: &str) -> Option<std::borrow::Cow<'a, str>> {
+    node.get_attr(key).map(|v| v.as_str())
 }
 
 fn be_uint(bytes: &[u8]) -> u32 {
@@ -233,11 +239,14 @@ async fn bundle_for(shared: &Shared, jid: &Jid) -> anyhow::Result<Node> {
 /// A one-time pre-key as uploaded: id and public key.
 pub(crate) type OneTimeKey = (u32, [u8; 32]);
 
-pub(crate) fn parse_prekey_upload(iq: &Node) -> anyhow::Result<(DeviceKeys, Vec<OneTimeKey>)> {
-    let registration_id = child_bytes(iq, "registration")
+/// Read from the borrowed stanza: with hundreds of keys it is the largest one a client sends.
+pub(crate) fn parse_prekey_upload(
+    iq: &NodeRef<'_>,
+) -> anyhow::Result<(DeviceKeys, Vec<OneTimeKey>)> {
+    let registration_id = ref_child_bytes(iq, "registration")
         .map(be_uint)
         .ok_or_else(|| anyhow!("upload without <registration>"))?;
-    let identity = key32(child_bytes(iq, "identity"), "<identity>")?;
+    let identity = key32(ref_child_bytes(iq, "identity"), "<identity>")?;
     let skey = iq
         .get_optional_child("skey")
         .ok_or_else(|| anyhow!("upload without <skey>"))?;
@@ -245,10 +254,10 @@ pub(crate) fn parse_prekey_upload(iq: &Node) -> anyhow::Result<(DeviceKeys, Vec<
     let mut one_time = Vec::new();
     if let Some(list) = iq.get_optional_child("list") {
         for key in list.get_children_by_tag("key") {
-            let id = child_bytes(key, "id")
+            let id = ref_child_bytes(key, "id")
                 .map(be_uint)
                 .context("pre-key without id")?;
-            let value = key32(child_bytes(key, "value"), "pre-key value")?;
+            let value = key32(ref_child_bytes(key, "value"), "pre-key value")?;
             one_time.push((id, value));
         }
     }
@@ -264,30 +273,70 @@ pub(crate) fn parse_prekey_upload(iq: &Node) -> anyhow::Result<(DeviceKeys, Vec<
     ))
 }
 
-pub(crate) fn parse_skey(skey: &Node) -> anyhow::Result<(u32, [u8; 32], Vec<u8>)> {
-    let id = child_bytes(skey, "id")
+pub(crate) fn parse_skey(skey: &NodeRef<'_>) -> anyhow::Result<(u32, [u8; 32], Vec<u8>)> {
+    let id = ref_child_bytes(skey, "id")
         .map(be_uint)
         .ok_or_else(|| anyhow!("<skey> without id"))?;
-    let public = key32(child_bytes(skey, "value"), "signed pre-key")?;
-    let signature = child_bytes(skey, "signature")
+    let public = key32(ref_child_bytes(skey, "value"), "signed pre-key")?;
+    let signature = ref_child_bytes(skey, "signature")
         .filter(|s| s.len() == 64)
         .ok_or_else(|| anyhow!("<skey> signature missing or not 64 bytes"))?
         .to_vec();
     Ok((id, public, signature))
 }
 
-/// App-state sync: every requested collection is answered as up to date with no patches, which
-/// the client records as synced.
-pub(crate) fn app_state(id: &str, iq: &Node) -> Node {
-    let collections: Vec<Node> = iq
+/// The key bundle a retry receipt carries (`<registration>` and `<keys>`), if any.
+pub(crate) fn retry_bundle(receipt: &Node, device_id: u16) -> Option<PreKeyBundle> {
+    let receipt = receipt.as_node_ref();
+    let keys = receipt.get_optional_child("keys")?;
+    let registration_id = ref_child_bytes(&receipt, "registration").map(be_uint)?;
+    let identity = key32(ref_child_bytes(keys, "identity"), "identity").ok()?;
+    let (signed_id, signed_public, signed_signature) =
+        parse_skey(keys.get_optional_child("skey")?).ok()?;
+    let one_time = keys.get_optional_child("key").and_then(|k| {
+        Some((
+            ref_child_bytes(k, "id").map(be_uint)?,
+            key32(ref_child_bytes(k, "value"), "pre-key").ok()?,
+        ))
+    });
+    DeviceKeys {
+        registration_id,
+        identity,
+        signed_id,
+        signed_public,
+        signed_signature,
+    }
+    .bundle(device_id, one_time)
+    .ok()
+}
+
+/// App-state sync: a `critical_block` asked for from scratch gets the push-name genesis patch
+/// from `genesis`; everything else is answered as up to date with no patches, which the client
+/// records as synced.
+pub(crate) fn app_state(id: &str, iq: &Node, mut genesis: impl FnMut() -> Option<Vec<u8>>) -> Node {
+    let mut collections = Vec::new();
+    let requested = iq
         .get_optional_child("sync")
-        .map(|sync| {
-            sync.get_children_by_tag("collection")
-                .filter_map(|c| attr(c, "name"))
-                .map(|name| NodeBuilder::new("collection").attr("name", name).build())
-                .collect()
-        })
+        .map(|sync| sync.get_children_by_tag("collection").collect::<Vec<_>>())
         .unwrap_or_default();
+    for collection in requested {
+        let Some(name) = attr(collection, "name") else {
+            continue;
+        };
+        let from_scratch = attr(collection, "return_snapshot").as_deref() == Some("true");
+        let mut node = NodeBuilder::new("collection").attr("name", name.clone());
+        if from_scratch
+            && name == crate::appstate::CRITICAL_BLOCK
+            && let Some(patch) = genesis()
+        {
+            node = node
+                .attr("version", "1")
+                .children([NodeBuilder::new("patches")
+                    .children([NodeBuilder::new("patch").bytes(patch).build()])
+                    .build()]);
+        }
+        collections.push(node.build());
+    }
     result(id)
         .children([NodeBuilder::new("sync").children(collections).build()])
         .build()

@@ -5,7 +5,45 @@
 //!
 //! Test and benchmark use only; the client must be built with `danger-skip-cert-chain-verify`,
 //! because our certificate chain is not signed by WhatsApp's root key.
+//!
+//! What the client experiences:
+//! - A fresh store gets six QR refs; [`FakeWa::scan`] (or [`FakeWa::pair_code`] for a client
+//!   built `with_pair_code`) links it to a phone number, then the stream ends with 515 and the
+//!   client logs in. One companion per phone number: pairing the number again unlinks the old
+//!   one. Devices live in memory for the life of the server; a restarted client with the same
+//!   store resumes over Noise IK without a QR code.
+//! - After login the phone shares the app-state key and the first sync carries the account's
+//!   push name (`fakewa <number>`), so `Connected` follows within a fraction of a second and
+//!   restarts take the client's plain reconnection path. The key share reaches the client as an
+//!   `Event::Messages` with a `protocolMessage` from its own number, as with a real phone.
+//! - Contacts are any phone number, each with its own Signal identity. There is no offline
+//!   queue: [`FakeWa::inbound`] needs a live connection, and a message the client had not
+//!   acknowledged when its connection dropped is not redelivered.
+//! - Receipts for the client's messages come only on command ([`FakeWa::receipt`]).
+//! - A message the client cannot decrypt is answered like a real sender would: the contact
+//!   re-sends it on a fresh session when the client's retry receipt arrives.
+//!
+//! The binary (`cargo run --release -p fakewa -- --listen 127.0.0.1:PORT`) prints
+//! `fakewa listening on ADDR (client URL ws://ADDR/ws/chat)` on stdout and serves the control API
+//! on the same port; errors are `{"error": "..."}` with 404 (unknown phone or object), 409 (not
+//! connected, or the exchange failed) or 400 (bad request):
+//!
+//! | Request | Body | Answer |
+//! |---|---|---|
+//! | `POST /control/scan` | `{"qr","phone_number"}` | [`DeviceInfo`] |
+//! | `POST /control/pair-code` | `{"phone_number","code"}` | [`DeviceInfo`] |
+//! | `GET /control/devices` | | `[DeviceInfo]` |
+//! | `GET /control/devices/{phone}` | | [`DeviceInfo`] |
+//! | `POST /control/devices/{phone}/drop`, `…/logout`, `…/replace`, `…/outdated` | | `{"ok":true}` |
+//! | `POST /control/devices/{phone}/ban` | optional `{"expire_secs"}` (default a day) | `{"ok":true}` |
+//! | `POST /control/devices/{phone}/inbound` | `{"from","text"}` (+ `"corrupt":true`) | `{"message_id"}` |
+//! | `GET /control/devices/{phone}/inbound` | | `[InboundStatus]` |
+//! | `GET /control/devices/{phone}/inbound/{message_id}` | | [`InboundStatus`] |
+//! | `POST /control/devices/{phone}/receipt` | `{"message_id","status":"delivered"\|"read"}` | `{"ok":true}` |
+//! | `GET /control/devices/{phone}/outbound` | | `[{"to","text","message_id"}]` |
+//! | `GET /control/stats` | | [`Stats`] |
 
+mod appstate;
 mod conn;
 mod http;
 mod iq;
@@ -13,6 +51,7 @@ mod noise;
 mod pairing;
 mod signal;
 mod state;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +94,8 @@ pub struct DeviceInfo {
     pub last_edge_routed: bool,
     /// One-time pre-keys the client uploaded and contacts have not consumed yet.
     pub prekeys: usize,
+    /// How often the phone sent the app-state key share (until the client has the push name).
+    pub key_shares: u32,
 }
 
 /// Server-wide counters.
@@ -68,6 +109,21 @@ pub struct Stats {
     pub handshakes_xx: u64,
     pub handshakes_ik: u64,
     pub handshakes_xx_fallback: u64,
+    /// Live heap bytes of the process, when the embedding binary counts them (the `fakewa`
+    /// binary does; see [`set_heap_meter`]).
+    pub heap_bytes: Option<u64>,
+}
+
+static HEAP_METER: std::sync::OnceLock<fn() -> u64> = std::sync::OnceLock::new();
+
+/// Lets [`Stats::heap_bytes`] report the process's live heap, read through `meter` (typically a
+/// counting global allocator in the binary). Only the first call has an effect.
+pub fn set_heap_meter(meter: fn() -> u64) {
+    let _ = HEAP_METER.set(meter);
+}
+
+pub(crate) fn heap_bytes() -> Option<u64> {
+    HEAP_METER.get().map(|meter| meter())
 }
 
 /// A text the client sent to a fake contact, decrypted with the contact's Signal session.
@@ -91,6 +147,8 @@ pub struct InboundStatus {
     pub acked_at_ms: Option<u64>,
     /// The receipt type the client sent (`"delivery"` for a plain receipt, else e.g. `"read"`).
     pub receipt: Option<String>,
+    /// Retry receipts the contact answered by re-sending (the client could not decrypt).
+    pub retries: u32,
 }
 
 /// What a fake contact reports about a message the client sent it.
@@ -216,7 +274,19 @@ impl FakeWa {
         from: &str,
         text: &str,
     ) -> ControlResult<String> {
-        self.shared.inbound(phone_number, from, text).await
+        self.shared.inbound(phone_number, from, text, false).await
+    }
+
+    /// Like [`Self::inbound`], but the first delivery is corrupted in transit: the client cannot
+    /// decrypt it, sends a retry receipt, and the contact re-sends on a fresh session (what
+    /// WhatsApp senders do). Exercises the client's retry path.
+    pub async fn inbound_corrupted(
+        &self,
+        phone_number: &str,
+        from: &str,
+        text: &str,
+    ) -> ControlResult<String> {
+        self.shared.inbound(phone_number, from, text, true).await
     }
 
     /// The state of a message injected with [`Self::inbound`].

@@ -105,6 +105,11 @@ impl Party {
         )?)
     }
 
+    /// Drops the session with `remote`, so the next message starts a new one.
+    pub(crate) fn forget_session(&mut self, remote: &ProtocolAddress) {
+        self.sessions.0.remove(remote);
+    }
+
     pub(crate) fn has_session(&self, remote: &ProtocolAddress) -> bool {
         self.sessions.0.contains_key(remote)
     }
@@ -176,6 +181,32 @@ impl Party {
         }
         Ok(result.plaintext)
     }
+}
+
+/// Damages the message MAC of a `pkmsg`/`msg` so that it still parses but does not decrypt:
+/// what the client sees when a session went out of step, answered with a retry receipt.
+pub(crate) fn corrupt_mac(enc_type: &str, ciphertext: &mut [u8]) -> anyhow::Result<()> {
+    // A SignalMessage ends with its 8-byte MAC; in a PreKeySignalMessage it is nested in a
+    // protobuf field that other fields follow, so locate it there first.
+    let end = match enc_type {
+        "msg" => ciphertext.len(),
+        "pkmsg" => {
+            let outer = PreKeySignalMessage::try_from(&*ciphertext)?;
+            let inner = outer.message().serialized();
+            let start = ciphertext
+                .windows(inner.len())
+                .position(|w| w == inner)
+                .ok_or_else(|| anyhow!("nested SignalMessage not found"))?;
+            start + inner.len()
+        }
+        other => return Err(anyhow!("unsupported enc type {other:?}")),
+    };
+    let last = end
+        .checked_sub(1)
+        .and_then(|i| ciphertext.get_mut(i))
+        .ok_or_else(|| anyhow!("empty ciphertext"))?;
+    *last ^= 0xff;
+    Ok(())
 }
 
 struct Identities {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot, watch};
 use whatsapp_rust::buffa::MessageField;
-use whatsapp_rust::wacore::libsignal::protocol::ProtocolAddress;
+use whatsapp_rust::wacore::libsignal::protocol::{PreKeyBundle, ProtocolAddress};
 use whatsapp_rust::wacore::messages::MessageUtils;
 use whatsapp_rust::wacore::types::jid::JidExt as _;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
@@ -28,6 +28,9 @@ use crate::{
 /// How many of a companion's uploaded one-time pre-keys the server keeps. The client uploads
 /// hundreds; contacts only ever need a few, and this keeps a thousand devices small.
 const KEPT_ONE_TIME_PREKEYS: usize = 16;
+
+/// How often a contact answers retry receipts for one message before giving up.
+const MAX_RETRIES: u32 = 5;
 
 /// How long a control waits for the client to finish a pairing it started.
 const PAIRING_TIMEOUT: Duration = Duration::from_secs(60);
@@ -87,6 +90,9 @@ pub(crate) struct DeviceRecord {
     logins: u64,
     last_handshake: Option<&'static str>,
     last_edge_routed: bool,
+    /// The client was given the push-name genesis patch, so it needs no more key shares.
+    genesis_served: bool,
+    key_shares: u32,
     inbound: Journal<InboundStatus>,
     outbound: Journal<Outbound>,
     /// Injected messages the client has not acknowledged yet, oldest first: delivered again at the next login,
@@ -167,6 +173,7 @@ impl DeviceRecord {
             last_handshake: self.last_handshake.map(str::to_string),
             last_edge_routed: self.last_edge_routed,
             prekeys: self.server_prekeys,
+            key_shares: self.key_shares,
         }
     }
 }
@@ -285,15 +292,17 @@ impl Shared {
             handshakes_xx: self.handshakes[0].load(Ordering::Relaxed),
             handshakes_ik: self.handshakes[1].load(Ordering::Relaxed),
             handshakes_xx_fallback: self.handshakes[2].load(Ordering::Relaxed),
+            heap_bytes: crate::heap_bytes(),
         }
     }
 
+    /// Unregisters a connection (idempotent).
     pub(crate) fn forget_conn(&self, id: u64) {
-        self.open_connections.fetch_sub(1, Ordering::Relaxed);
         let mut st = self.state();
         let Some(entries) = st.conns.remove(&id) else {
             return;
         };
+        self.open_connections.fetch_sub(1, Ordering::Relaxed);
         for r in entries.qr_refs {
             st.qr_refs.remove(&r);
         }
@@ -407,6 +416,8 @@ impl Shared {
             logins: 0,
             last_handshake: None,
             last_edge_routed: false,
+            genesis_served: false,
+            key_shares: 0,
             inbound: Journal::new(),
             outbound: Journal::new(),
             unacked: VecDeque::new(),
@@ -458,10 +469,7 @@ impl Shared {
 
     /// The companion's bundle for a party that starts a session with it (consumes a one-time
     /// pre-key when one is left; the signed pre-key alone is a valid X3DH bundle too).
-    fn take_device_bundle(
-        &self,
-        phone: &str,
-    ) -> anyhow::Result<whatsapp_rust::wacore::libsignal::protocol::PreKeyBundle> {
+    fn take_device_bundle(&self, phone: &str) -> anyhow::Result<PreKeyBundle> {
         let mut st = self.state();
         let d = st
             .devices
@@ -486,7 +494,11 @@ impl Shared {
                 d.keys = keys;
             }
             d.server_prekeys += one_time.len();
-            d.one_time = one_time.into_iter().take(KEPT_ONE_TIME_PREKEYS).collect();
+            // A fresh small deque: collecting `into_iter().take(n)` would reuse (and keep) the
+            // allocation of all the uploaded keys.
+            let mut kept = VecDeque::with_capacity(KEPT_ONE_TIME_PREKEYS);
+            kept.extend(one_time.iter().take(KEPT_ONE_TIME_PREKEYS).copied());
+            d.one_time = kept;
         }
     }
 
@@ -583,10 +595,32 @@ impl Shared {
             .await
     }
 
+    /// Whether the phone should (re)share the app-state key on this login: until the client
+    /// has fetched the push name, it waits `KEY_SHARE_GRACE_SECS` (10 s) for the key before
+    /// `Connected`; afterwards it never looks for one again.
+    pub(crate) fn needs_key_share(&self, phone: &str) -> bool {
+        self.with_device(phone, |d| !d.genesis_served)
+            .unwrap_or(false)
+    }
+
+    /// The `critical_block` genesis patch carrying the push name, for a client that asks for
+    /// the collection from scratch.
+    pub(crate) fn push_name_genesis(&self, phone: &str) -> anyhow::Result<Vec<u8>> {
+        let (key_id, key) = self
+            .with_device(phone, |d| (d.app_state_key_id.clone(), d.app_state_key))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let patch = crate::appstate::push_name_genesis_patch(
+            &key_id,
+            &key,
+            &format!("fakewa {phone}"),
+            now_millis() as i64,
+        )?;
+        let _ = self.with_device(phone, |d| d.genesis_served = true);
+        Ok(patch)
+    }
+
     /// The phone shares the account's app-state sync key with its companion, as a real phone
-    /// does right after linking. Without it the client waits `KEY_SHARE_GRACE_SECS` (10 s)
-    /// before `Connected` whenever it has no push name yet; sending it on every login keeps
-    /// resumes of a fresh `Client` fast too.
+    /// does right after linking.
     pub(crate) async fn key_share_stanza(&self, phone: &str) -> anyhow::Result<Node> {
         let (key_id, key, key_index) = self
             .with_device(phone, |d| {
@@ -622,6 +656,7 @@ impl Shared {
             ..Default::default()
         };
         let (kind, ciphertext) = self.encrypt_to_device(phone, phone, &message).await?;
+        let _ = self.with_device(phone, |d| d.key_shares += 1);
         Ok(NodeBuilder::new("message")
             .attr("from", Jid::pn(phone))
             .attr("type", "text")
@@ -766,11 +801,14 @@ impl Shared {
             .await
     }
 
+    /// A text from contact `from` to the device. With `corrupt`, this first delivery carries a
+    /// damaged ciphertext, so the client has to ask for it again with a retry receipt.
     pub(crate) async fn inbound(
         &self,
         phone: &str,
         from: &str,
         text: &str,
+        corrupt: bool,
     ) -> ControlResult<String> {
         check_phone(from)?;
         if from == phone {
@@ -779,23 +817,16 @@ impl Shared {
             ));
         }
         let conn = self.live_conn(phone)?;
-        let message = wa::Message {
-            conversation: Some(text.to_string()),
-            ..Default::default()
-        };
-        let (kind, ciphertext) = self
-            .encrypt_to_device(from, phone, &message)
+        let (kind, mut ciphertext) = self
+            .encrypt_to_device(from, phone, &text_message(text))
             .await
             .map_err(|e| ControlError::Failed(format!("encrypting for {phone}: {e:#}")))?;
+        if corrupt {
+            crate::signal::corrupt_mac(kind, &mut ciphertext)
+                .map_err(|e| ControlError::Failed(format!("corrupting the message: {e:#}")))?;
+        }
         let id = self.new_id("3A");
-        let node = NodeBuilder::new("message")
-            .attr("from", Jid::pn(from))
-            .attr("type", "text")
-            .attr("id", id.clone())
-            .attr("t", now_secs().to_string())
-            .attr("notify", format!("Contact {from}"))
-            .children([enc_node(kind, ciphertext)])
-            .build();
+        let node = inbound_stanza(from, &id, kind, ciphertext, None);
         // Registered before sending, so an ack can never arrive for an unknown id.
         self.with_device(phone, |d| {
             d.inbound.push(
@@ -807,6 +838,7 @@ impl Shared {
                     sent_at_ms: now_millis(),
                     acked_at_ms: None,
                     receipt: None,
+                    retries: 0,
                 },
             );
             if d.unacked.len() == UNACKED_CAPACITY {
@@ -834,6 +866,53 @@ impl Shared {
                 node
             })
             .collect()
+    }
+
+    /// The contact's answer to a retry receipt, as WhatsApp senders do it: a new session (from
+    /// the keys in the receipt, else from the server's bundle) and the same message again.
+    /// `None` when the message is unknown or was retried too often.
+    pub(crate) async fn retry_stanza(
+        &self,
+        phone: &str,
+        message_id: &str,
+        count: u32,
+        keys: Option<PreKeyBundle>,
+    ) -> anyhow::Result<Option<Node>> {
+        let found = self
+            .with_device(phone, |d| {
+                let status = d.inbound.get_mut(message_id)?;
+                if status.retries >= MAX_RETRIES {
+                    return None;
+                }
+                status.retries += 1;
+                Some((status.from.clone(), status.text.clone(), d.device_id))
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let Some((from, text, device_id)) = found else {
+            return Ok(None);
+        };
+        let address = device_address(phone, device_id);
+        let party = self.party(&from)?;
+        let mut party = party.inner.lock().await;
+        party.forget_session(&address);
+        let bundle = match keys {
+            Some(bundle) => bundle,
+            None => self.take_device_bundle(phone)?,
+        };
+        party.start_session(&address, &bundle).await?;
+        let (kind, ciphertext) = party
+            .encrypt(
+                &address,
+                &MessageUtils::encode_and_pad(&text_message(&text)),
+            )
+            .await?;
+        Ok(Some(inbound_stanza(
+            &from,
+            message_id,
+            kind,
+            ciphertext,
+            Some(count),
+        )))
     }
 
     pub(crate) fn inbound_status(
@@ -911,6 +990,37 @@ pub(crate) struct PairedAccount {
 
 pub(crate) fn device_address(phone: &str, device_id: u16) -> ProtocolAddress {
     Jid::pn_device(phone, device_id).to_protocol_address()
+}
+
+fn text_message(text: &str) -> wa::Message {
+    wa::Message {
+        conversation: Some(text.to_string()),
+        ..Default::default()
+    }
+}
+
+/// A contact's 1:1 `<message>` to a companion; `retry` marks a resend (`count` on `<enc>`).
+fn inbound_stanza(
+    from: &str,
+    id: &str,
+    kind: &str,
+    ciphertext: Vec<u8>,
+    retry: Option<u32>,
+) -> Node {
+    let mut enc = NodeBuilder::new("enc")
+        .attr("v", "2")
+        .attr("type", kind.to_string());
+    if let Some(count) = retry {
+        enc = enc.attr("count", count.to_string());
+    }
+    NodeBuilder::new("message")
+        .attr("from", Jid::pn(from))
+        .attr("type", "text")
+        .attr("id", id.to_string())
+        .attr("t", now_secs().to_string())
+        .attr("notify", format!("Contact {from}"))
+        .children([enc.bytes(ciphertext).build()])
+        .build()
 }
 
 pub(crate) fn enc_node(kind: &str, ciphertext: Vec<u8>) -> Node {

@@ -85,6 +85,12 @@ async fn client_at(
     if let Some(options) = pair_code {
         builder = builder.with_pair_code(options);
     }
+    if let Some(n) = std::env::var("FAKEWA_TEST_PREKEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        builder = builder.with_wanted_pre_key_count(n);
+    }
     let bot = builder.build().await.unwrap();
     let client = bot.client();
     Device {
@@ -166,8 +172,20 @@ async fn pair(fake: &FakeWa, phone: &str) -> (Arc<InMemoryBackend>, Device, f64)
         .await;
     assert_eq!(jid.user, phone);
     assert_eq!(jid.device, info.device_id);
-    device.connected().await;
+    // The first sync brings the push name the phone keeps in app state.
+    let mut push_name = None;
+    device
+        .wait("Connected", |e| match e {
+            Event::SelfPushNameUpdated(p) => {
+                push_name = Some(p.new_name.clone());
+                None
+            }
+            Event::Connected(_) => Some(()),
+            _ => None,
+        })
+        .await;
     let secs = started.elapsed().as_secs_f64();
+    assert_eq!(push_name, Some(format!("fakewa {phone}")));
     (store, device, secs)
 }
 
@@ -189,6 +207,7 @@ async fn qr_pairing_then_restart_resumes_over_ik() {
     assert_eq!(info.logins, 1);
     assert_eq!(info.last_handshake.as_deref(), Some("XX"));
     println!("QR pairing: {pair_secs:.2}s from scan to Connected");
+    assert_eq!(info.key_shares, 1);
     wait_until("the client uploads its pre-keys", async || {
         fake.device(phone).await.unwrap().prekeys > 0
     })
@@ -354,7 +373,7 @@ async fn inbound_text_reaches_the_client_and_is_acked() {
     let contact = "15559990001";
     let (_store, mut device, _) = pair(&fake, phone).await;
 
-    for text in ["hello from a contact", "and a second one (msg, not pkmsg)"] {
+    for text in ["hello from a contact", "and a second one"] {
         let id = fake.inbound(phone, contact, text).await.unwrap();
         let (got_id, got_text, sender) = device
             .wait("the inbound message", |e| match e {
@@ -382,7 +401,30 @@ async fn inbound_text_reaches_the_client_and_is_acked() {
     }
     let list = fake.inbound_list(phone).await.unwrap();
     assert_eq!(list.len(), 2);
-    assert!(list.iter().all(|m| m.acked_at_ms.is_some()));
+    assert!(
+        list.iter()
+            .all(|m| m.acked_at_ms.is_some() && m.retries == 0)
+    );
+
+    // A delivery the client cannot decrypt: it asks again and the contact re-sends.
+    let id = fake
+        .inbound_corrupted(phone, contact, "damaged on the first try")
+        .await
+        .unwrap();
+    let text = device
+        .wait("the re-sent message", |e| match e {
+            Event::Messages(batch) => batch
+                .messages
+                .iter()
+                .find(|m| m.info.id == id)
+                .map(|m| m.message.text_content().unwrap_or_default().to_string()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(text, "damaged on the first try");
+    let status = fake.inbound_status(phone, &id).await.unwrap();
+    assert_eq!(status.retries, 1);
+    assert!(fake.wait_inbound_acked(phone, &id, WAIT).await.unwrap());
     device.stop().await;
 }
 
@@ -693,7 +735,8 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Resident memory of the `fakewa` process per paired, connected client. A measurement, not a
-/// check: `FAKEWA_MEM_CLIENTS=200 cargo test -p fakewa --test e2e -- --ignored --nocapture memory`.
+/// check: `FAKEWA_MEM_CLIENTS=200 cargo test -p fakewa --test e2e -- --ignored --nocapture memory`
+/// (optionally with `FAKEWA_BIN=target/release/fakewa`).
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "measurement; run explicitly"]
 async fn memory_per_connection() {
@@ -703,7 +746,9 @@ async fn memory_per_connection() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_fakewa"))
+    // FAKEWA_BIN=target/release/fakewa measures an optimized server instead of the test build.
+    let bin = std::env::var("FAKEWA_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_fakewa").into());
+    let mut server = std::process::Command::new(bin)
         .args(["--listen", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -718,7 +763,12 @@ async fn memory_per_connection() {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("unexpected banner {line:?}"));
     let url = format!("ws://{addr}/ws/chat");
+    let heap = async || {
+        let (_, stats) = http(addr, "GET", "/control/stats", None).await;
+        stats["heap_bytes"].as_u64().unwrap_or(0)
+    };
     let before = rss_kib(server.id());
+    let heap_before = heap().await;
 
     let started = Instant::now();
     let mut devices = Vec::new();
@@ -754,10 +804,13 @@ async fn memory_per_connection() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = rss_kib(server.id());
+    let heap_after = heap().await;
     println!(
-        "{n} paired clients connected in {:.1}s; fakewa RSS {before} KiB -> {after} KiB: {:.1} KiB per connected device",
+        "{n} paired clients connected in {:.1}s; fakewa RSS {before} -> {after} KiB ({:.1} KiB \
+         per connected device), live heap {:.1} KiB per connected device",
         started.elapsed().as_secs_f64(),
-        (after.saturating_sub(before)) as f64 / n as f64
+        after.saturating_sub(before) as f64 / n as f64,
+        heap_after.saturating_sub(heap_before) as f64 / 1024.0 / n as f64,
     );
     for mut device in devices {
         device.stop().await;
@@ -788,4 +841,67 @@ async fn ik_against_a_new_server_key_falls_back_to_xx() {
     assert_eq!(stats.handshakes_xx_fallback, 1, "{stats:?}");
     assert_eq!(stats.handshakes_ik, 0, "{stats:?}");
     again.run_loop_ends().await;
+}
+
+/// Opens a WebSocket by hand and sends `payload` as one masked binary message; returns whether
+/// the server closed the connection (rather than waiting for more) within a few seconds.
+fn raw_ws_session(addr: SocketAddr, payload: &[u8]) -> bool {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET /ws/chat HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    let mut frame = vec![0x82, 0x80 | payload.len() as u8, 1, 2, 3, 4];
+    frame.extend(
+        payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
+    );
+    stream.write_all(&frame).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut rest = Vec::new();
+    // EOF (or a reset) ends the read; a timeout means the server kept the connection open.
+    match stream.read_to_end(&mut rest) {
+        Ok(_) => true,
+        Err(e) => {
+            e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_socket_closes_only_that_connection() {
+    let fake = fake().await;
+    let addr = fake.addr();
+    // Not the WA preamble; then the preamble followed by a frame that is no handshake message.
+    let mut bad_hello = b"WA\x06\x03".to_vec();
+    bad_hello.extend_from_slice(&[0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    for payload in [b"GET / HTTP/1.1".to_vec(), bad_hello] {
+        let closed = tokio::task::spawn_blocking(move || raw_ws_session(addr, &payload))
+            .await
+            .unwrap();
+        assert!(closed, "the server should hang up on a malformed stream");
+    }
+    wait_until("both bad connections are gone", async || {
+        fake.stats().await.open_connections == 0
+    })
+    .await;
+    // The server still pairs clients.
+    let (_store, mut device, _) = pair(&fake, "15550004545").await;
+    device.stop().await;
 }
