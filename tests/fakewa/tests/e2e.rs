@@ -350,13 +350,21 @@ async fn ban_is_a_temporary_ban_until_it_expires() {
         })
         .await;
     again.run_loop_ends().await;
+
+    // A ban that has run out no longer stands in the way.
+    fake.ban(phone, 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let mut after = client(&fake, &store, None).await;
+    after.connected().await;
+    assert_eq!(fake.device(phone).await.unwrap().banned_until, None);
+    after.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outdated_client_is_told_so() {
     let fake = fake().await;
     let phone = "15550006666";
-    let (_store, mut device, _) = pair(&fake, phone).await;
+    let (store, mut device, _) = pair(&fake, phone).await;
     fake.outdated(phone).await.unwrap();
     device
         .wait("ClientOutdated", |e| {
@@ -364,6 +372,11 @@ async fn outdated_client_is_told_so() {
         })
         .await;
     device.run_loop_ends().await;
+
+    // One-shot: the same store logs in again afterwards.
+    let mut again = client(&fake, &store, None).await;
+    again.connected().await;
+    again.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
