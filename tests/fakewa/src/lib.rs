@@ -16,9 +16,10 @@
 //!   push name (`fakewa <number>`), so `Connected` follows within a fraction of a second and
 //!   restarts take the client's plain reconnection path. The key share reaches the client as an
 //!   `Event::Messages` with a `protocolMessage` from its own number, as with a real phone.
-//! - Contacts are any phone number, each with its own Signal identity. There is no offline
-//!   queue: [`FakeWa::inbound`] needs a live connection, and a message the client had not
-//!   acknowledged when its connection dropped is not redelivered.
+//! - Contacts are any phone number, each with its own Signal identity. [`FakeWa::inbound`] needs
+//!   a live connection; a message the client has not acknowledged is delivered again (marked
+//!   `offline`) at its next login, before the `<offline count=N>` marker, as WhatsApp's offline
+//!   queue does.
 //! - Receipts for the client's messages come only on command ([`FakeWa::receipt`]).
 //! - A message the client cannot decrypt is answered like a real sender would: the contact
 //!   re-sends it on a fresh session when the client's retry receipt arrives.
