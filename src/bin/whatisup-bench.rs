@@ -950,7 +950,8 @@ async fn pair_wa_channels(
                     .json()
                     .await?;
                 let code = qr["qr"].as_str().with_context(|| format!("no qr: {qr}"))?;
-                let phone = format!("+1555{i:07}");
+                // The fake server names phones by their digits.
+                let phone = format!("1555{i:07}");
                 let r = c
                     .post(format!("{fbase}/control/scan"))
                     .json(&serde_json::json!({"qr": code, "phone_number": phone}))
@@ -1031,7 +1032,7 @@ async fn wa(args: &[String]) -> anyhow::Result<()> {
             async move {
                 let r = c
                     .post(format!("{fbase}/control/devices/{phone}/inbound"))
-                    .json(&serde_json::json!({"from": format!("+1666{:07}", i % 97), "text": format!("bench message {i}")}))
+                    .json(&serde_json::json!({"from": format!("1666{:07}", i % 97), "text": format!("bench message {i}")}))
                     .send()
                     .await?;
                 if !r.status().is_success() {
