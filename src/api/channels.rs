@@ -136,6 +136,20 @@ impl App {
         Ok(self.visible(p, id).await?.to_pb())
     }
 
+    /// After a logout or delete is committed: the session (wherever it runs) unlinks the device, stops and wipes
+    /// the engine's keys; with no session running, the keys are wiped here.
+    async fn unlink(&self, owner: Option<String>, engine: &str, id: &str) {
+        match owner {
+            Some(owner) => {
+                let _ = self
+                    .node
+                    .command_to(Some(owner), id, Command::Stop { logout: true })
+                    .await;
+            }
+            None => self.node.forget_keys(engine, id).await,
+        }
+    }
+
     pub async fn delete_channel(&self, p: &Principal, id: &str) -> ApiResult<pb::Channel> {
         let ch = self.visible(p, id).await?;
         let owner = self.node.owner(id).await?;
@@ -156,15 +170,7 @@ impl App {
             _ => return Err(ApiError::channel_not_found(id)),
         };
         // The session (wherever it runs) unlinks the device and stops; its own writes are refused from now on.
-        match owner {
-            Some(owner) => {
-                let _ = self
-                    .node
-                    .command_to(Some(owner), id, Command::Stop { logout: true })
-                    .await;
-            }
-            None => self.node.forget_keys(&ch.engine, id).await,
-        }
+        self.unlink(owner, &ch.engine, id).await;
         Ok(channel.to_pb())
     }
 
@@ -245,15 +251,7 @@ impl App {
             }
             _ => return Err(ApiError::channel_not_found(id)),
         };
-        match owner {
-            Some(owner) => {
-                let _ = self
-                    .node
-                    .command_to(Some(owner), id, Command::Stop { logout: true })
-                    .await;
-            }
-            None => self.node.forget_keys(&ch.engine, id).await,
-        }
+        self.unlink(owner, &ch.engine, id).await;
         Ok(channel.to_pb())
     }
 
