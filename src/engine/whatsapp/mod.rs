@@ -190,9 +190,8 @@ impl EngineSession for WaSession {
                 "the device is already paired".into(),
             ));
         }
-        let digits: String = phone_number.chars().filter(char::is_ascii_digit).collect();
         let options = PairCodeOptions {
-            phone_number: digits,
+            phone_number: digits(phone_number),
             ..Default::default()
         };
         // The code itself arrives as an event (`PairingCode`), like a QR code.
@@ -208,13 +207,13 @@ impl EngineSession for WaSession {
         if !client.is_logged_in() {
             return Err(EngineError::Network("not logged in".into()));
         }
-        let digits: String = to.chars().filter(char::is_ascii_digit).collect();
-        if digits.is_empty() {
+        let number = digits(to);
+        if number.is_empty() {
             return Err(EngineError::InvalidState(format!(
                 "not a phone number: {to}"
             )));
         }
-        let jid = Jid::pn(digits);
+        let jid = Jid::pn(number);
         let options = SendOptions::default().with_message_id(message_id);
         client
             .send_message_with_options(
@@ -573,6 +572,11 @@ fn marker(jid: &Jid) -> Vec<u8> {
     json!({"engine": "whatsapp", "jid": jid.to_string()})
         .to_string()
         .into_bytes()
+}
+
+/// `+1 (555) 000-1111` → `15550001111`, the user part of a WhatsApp address.
+fn digits(phone: &str) -> String {
+    phone.chars().filter(char::is_ascii_digit).collect()
 }
 
 fn e164(jid: &Jid) -> String {
