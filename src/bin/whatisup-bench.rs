@@ -912,6 +912,10 @@ impl Fake {
     fn ws_url(&self) -> String {
         format!("{}/ws/chat", self.base.replacen("http://", "ws://", 1))
     }
+
+    fn cpu_secs(&self) -> f64 {
+        self._child.id().map(cpu_secs_of).unwrap_or(0.0)
+    }
 }
 
 /// Creates `n` live channels and pairs each with its own fake phone (create, QR, the phone scans), `conc` at a
@@ -925,6 +929,8 @@ async fn pair_wa_channels(
     conc: usize,
 ) -> anyhow::Result<Vec<(String, String)>> {
     let c = http();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let started = Instant::now();
     let out: Vec<anyhow::Result<(String, String)>> = futures::stream::iter(from..from + n)
         .map(|i| {
             let (c, base, fbase, key) = (
@@ -933,6 +939,7 @@ async fn pair_wa_channels(
                 fake.base.clone(),
                 key.to_string(),
             );
+            let (done, started) = (&done, started);
             async move {
                 let ch = post(
                     &c,
@@ -960,6 +967,11 @@ async fn pair_wa_channels(
                 if !r.status().is_success() {
                     bail!("scan: {}", r.text().await?);
                 }
+                // Progress on stderr, so a slow large run shows where it is.
+                let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if k % 100 == 0 {
+                    eprintln!("  {k} of {n} scanned after {:.1} s", started.elapsed().as_secs_f64());
+                }
                 Ok((id, phone))
             }
         })
@@ -967,6 +979,32 @@ async fn pair_wa_channels(
         .collect()
         .await;
     out.into_iter().collect()
+}
+
+/// Fake contacts send `m` texts spread over the channels' phones (64 requests at a time).
+async fn inject(fake: &Fake, chans: &[(String, String)], m: usize, tag: &str) -> anyhow::Result<()> {
+    let c = http();
+    let sent: Vec<anyhow::Result<()>> = futures::stream::iter(0..m)
+        .map(|i| {
+            let (c, fbase) = (c.clone(), fake.base.clone());
+            let phone = chans[i % chans.len()].1.clone();
+            async move {
+                let r = c
+                    .post(format!("{fbase}/control/devices/{phone}/inbound"))
+                    .json(&serde_json::json!({"from": format!("1666{:07}", i % 97), "text": format!("bench {tag} message {i}")}))
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!("inbound: {}", r.text().await?);
+                }
+                Ok(())
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    sent.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    Ok(())
 }
 
 async fn count_events(pg: &tokio_postgres::Client, event: &str) -> anyhow::Result<i64> {
@@ -1023,28 +1061,9 @@ async fn wa(args: &[String]) -> anyhow::Result<()> {
 
     // Inbound: fake contacts send texts, the engine decrypts them, the gateway commits `message.received`.
     let before = count_events(&pg, "message.received").await?;
-    let c = http();
+    let (gc0, fc0) = (gw.cpu_secs(), fake.cpu_secs());
     let t = Instant::now();
-    let sent: Vec<anyhow::Result<()>> = futures::stream::iter(0..m)
-        .map(|i| {
-            let (c, fbase) = (c.clone(), fake.base.clone());
-            let phone = chans[i % chans.len()].1.clone();
-            async move {
-                let r = c
-                    .post(format!("{fbase}/control/devices/{phone}/inbound"))
-                    .json(&serde_json::json!({"from": format!("1666{:07}", i % 97), "text": format!("bench message {i}")}))
-                    .send()
-                    .await?;
-                if !r.status().is_success() {
-                    bail!("inbound: {}", r.text().await?);
-                }
-                Ok(())
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    sent.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    inject(&fake, &chans, m, "live").await?;
     let injected = t.elapsed();
     let want = before + m as i64;
     while count_events(&pg, "message.received").await? < want {
@@ -1063,6 +1082,11 @@ async fn wa(args: &[String]) -> anyhow::Result<()> {
         injected.as_secs_f64(),
         all_in.as_secs_f64(),
         m as f64 / all_in.as_secs_f64()
+    );
+    println!(
+        "wa:   CPU meanwhile: gateway {:.1} s, fake server {:.1} s",
+        gw.cpu_secs() - gc0,
+        fake.cpu_secs() - fc0
     );
 
     // Restart: every session resumes from the sealed store (no QR).
@@ -1083,7 +1107,37 @@ async fn wa(args: &[String]) -> anyhow::Result<()> {
         "wa: RSS after the restart with {total} sessions: {:.1} MiB",
         gw2.rss_kib() as f64 / 1024.0
     );
-    drop(gw2);
+
+    // Offline backlog: the gateway is down while contacts write; the fake server encrypts and queues every
+    // message then, so the timed part is the gateway alone: resume, decrypt, commit, ack.
+    gw2.terminate().await?;
+    let before = count_events(&pg, "message.received").await?;
+    let t = Instant::now();
+    inject(&fake, &chans, m, "offline").await?;
+    let queued = t.elapsed();
+    let gw3 = Gateway::spawn(&db, &env).await?;
+    let (gc0, fc0) = (gw3.cpu_secs(), fake.cpu_secs());
+    let t = Instant::now();
+    let want = before + m as i64;
+    while count_events(&pg, "message.received").await? < want {
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "only {} of {m} offline messages committed",
+                count_events(&pg, "message.received").await? - before
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drained = t.elapsed();
+    println!(
+        "wa: {m} texts queued while the gateway was down (encrypted by the fake in {:.2} s); start → all decrypted and committed in {:.2} s: {:.0} messages/s (gateway CPU {:.1} s, fake {:.1} s)",
+        queued.as_secs_f64(),
+        drained.as_secs_f64(),
+        m as f64 / drained.as_secs_f64(),
+        gw3.cpu_secs() - gc0,
+        fake.cpu_secs() - fc0
+    );
+    drop(gw3);
     drop(fake);
     drop(pg);
     db.drop_db().await;

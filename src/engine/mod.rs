@@ -125,10 +125,11 @@ pub enum EngineEvent {
     Failed {
         reason: FailReason,
     },
-    /// Acknowledge only once committed: the engine acks to WhatsApp after `ack` fires.
+    /// Acknowledge only once committed: the engine acks to WhatsApp after `ack` fires. One message when live,
+    /// a whole batch from an offline drain: they commit together (one transaction), all or none.
     Inbound {
-        /// Boxed: every session's event queue is sized by the largest event.
-        message: Box<InboundMessage>,
+        /// A Vec (not an array) keeps the event small: every session's event queue is sized by the largest event.
+        messages: Vec<InboundMessage>,
         ack: oneshot::Sender<()>,
     },
     Receipt {

@@ -356,13 +356,13 @@ impl Phone {
                     text,
                 } => {
                     let (ack, acked) = oneshot::channel();
-                    let message = Box::new(InboundMessage {
+                    let messages = vec![InboundMessage {
                         message_id: message_id.clone(),
                         from: from.clone(),
                         timestamp: Utc::now(),
                         body: serde_json::json!({"type": "text", "text": text}),
-                    });
-                    if !self.emit(EngineEvent::Inbound { message, ack }).await {
+                    }];
+                    if !self.emit(EngineEvent::Inbound { messages, ack }).await {
                         let _ = reply.send(Err(EngineError::InvalidState(
                             "the session has ended".into(),
                         )));

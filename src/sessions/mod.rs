@@ -631,26 +631,31 @@ impl Session {
         }
     }
 
-    async fn already_committed(&self, message_id: &str, from: &str) -> Result<bool, Outcome> {
+    /// Which of these (message id, sender) pairs already have a `message.received` event (one query, on the
+    /// partial index of migration 0004).
+    async fn already_committed(
+        &self,
+        messages: &[crate::engine::InboundMessage],
+    ) -> Result<std::collections::HashSet<(String, String)>, Outcome> {
+        let ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
         let client = self.node.pool.get().await.map_err(|_| Outcome::Retry)?;
         let lookup = async {
             let stmt = client
                 .prepare_cached(
-                    "SELECT 1 FROM events WHERE channel_id = $1 AND event = 'message.received' \
-                     AND data->>'message_id' = $2 AND data->>'from' = $3 LIMIT 1",
+                    "SELECT data->>'message_id', data->>'from' FROM events \
+                     WHERE channel_id = $1 AND event = 'message.received' AND data->>'message_id' = ANY($2)",
                 )
                 .await?;
-            client
-                .query_opt(&stmt, &[&self.channel_id, &message_id, &from])
-                .await
+            client.query(&stmt, &[&self.channel_id, &ids]).await
         };
-        let row = lookup
-            .await
-            .map_err(|e| {
-                tracing::warn!(channel_id = %self.channel_id, error = %e, "inbound dedup lookup failed");
-                Outcome::Retry
-            })?;
-        Ok(row.is_some())
+        let rows = lookup.await.map_err(|e| {
+            tracing::warn!(channel_id = %self.channel_id, error = %e, "inbound dedup lookup failed");
+            Outcome::Retry
+        })?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| Some((r.get::<_, Option<String>>(0)?, r.get::<_, Option<String>>(1)?)))
+            .collect())
     }
 
     /// One engine session, from start to its end.
@@ -819,24 +824,33 @@ impl Session {
                 op.release = Release::Ours;
                 self.write(op).await
             }
-            EngineEvent::Inbound { message, ack } => {
-                // A redelivery (our ack was lost) of what is already committed: acknowledge it again, add nothing.
-                if Box::pin(self.already_committed(&message.message_id, &message.from)).await? {
+            EngineEvent::Inbound { messages, ack } => {
+                // Redeliveries (our ack was lost) of what is already committed are acknowledged again and add
+                // nothing; so are repeats within the batch.
+                let seen = Box::pin(self.already_committed(&messages)).await?;
+                let mut op = self.op();
+                let mut taken = std::collections::HashSet::new();
+                for message in messages {
+                    let key = (message.message_id, message.from);
+                    if seen.contains(&key) || !taken.insert(key.clone()) {
+                        continue;
+                    }
+                    let mut data = json!({
+                        "message_id": key.0,
+                        "from": key.1,
+                        "timestamp": rfc3339(message.timestamp),
+                    });
+                    if let (serde_json::Value::Object(d), serde_json::Value::Object(body)) =
+                        (&mut data, message.body)
+                    {
+                        d.extend(body);
+                    }
+                    op.events.push(("message.received", data));
+                }
+                if op.events.is_empty() {
                     let _ = ack.send(());
                     return Ok(());
                 }
-                let mut data = json!({
-                    "message_id": message.message_id,
-                    "from": message.from,
-                    "timestamp": rfc3339(message.timestamp),
-                });
-                if let (serde_json::Value::Object(d), serde_json::Value::Object(body)) =
-                    (&mut data, message.body)
-                {
-                    d.extend(body);
-                }
-                let mut op = self.op();
-                op.events.push(("message.received", data));
                 self.write(op).await?;
                 // Test builds only: die between the commit and the ack, to prove that WhatsApp's redelivery
                 // neither loses nor duplicates the message.
@@ -847,7 +861,7 @@ impl Session {
                     );
                     std::process::abort();
                 }
-                // Committed: now the engine may acknowledge it to WhatsApp.
+                // Committed: now the engine may acknowledge them to WhatsApp.
                 let _ = ack.send(());
                 Ok(())
             }

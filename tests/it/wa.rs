@@ -120,8 +120,17 @@ async fn qr_pairing_inbound_blip_restart_and_logout() {
     );
     assert!(!frames.iter().any(|f| f.event == "qr.updated"));
 
-    // Gateway restart: the session resumes from the sealed store without a QR.
+    // Gateway restart: the session resumes from the sealed store without a QR. Contacts write meanwhile: WhatsApp
+    // queues their messages and delivers them at the next login (an offline drain, committed as one batch).
     gw.stop().await;
+    let mut queued = Vec::new();
+    for i in 0..5 {
+        queued.push(
+            fake.inbound(d(phone), "15557654322", &format!("while you were away {i}"))
+                .await
+                .expect("inbound while the gateway is down"),
+        );
+    }
     let gw = Gw::start(wa_config(&db, &fake)).await;
     let api = Api::new(&gw.base, &keys.live);
     let ch = api.wait_status(&id, "connected", T).await;
@@ -131,6 +140,20 @@ async fn qr_pairing_inbound_blip_restart_and_logout() {
         qr_events.len(),
         "no new QR after the restart"
     );
+    for mid in &queued {
+        assert!(
+            fake.wait_inbound_acked(d(phone), mid, T).await.expect("status"),
+            "{mid} never acknowledged after the restart"
+        );
+    }
+    let received: Vec<String> = events_of(&db, &id, "message.received")
+        .await
+        .iter()
+        .filter_map(|e| e["message_id"].as_str().map(str::to_string))
+        .collect();
+    let mut want = vec![mid.clone()];
+    want.extend(queued.iter().cloned());
+    assert_eq!(received, want, "every message once, in order");
 
     // Logged out on the phone: disconnected / logout, keys gone, and a new QR on the next connect.
     fake.logout(d(phone)).await.expect("logout");

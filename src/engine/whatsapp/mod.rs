@@ -324,6 +324,22 @@ impl Driver {
         Ok(bot)
     }
 
+    /// The device is linked: make it durable, then tell the supervisor (phone number and the state marker).
+    async fn announce_paired(&self, client: &Arc<Client>, jid: &Jid) {
+        // Durable before we say so: a restart from here on resumes this device instead of pairing again.
+        if let Err(e) = client.persistence_manager().flush().await {
+            tracing::warn!(channel_id = %self.shared.channel_id, error = %e, "flushing the paired device failed");
+        }
+        self.emit(EngineEvent::Paired {
+            phone_number: e164(jid),
+        })
+        .await;
+        self.emit(EngineEvent::StateChanged {
+            state: marker(jid),
+        })
+        .await;
+    }
+
     async fn run_client(&self) -> RunEnd {
         if self.shared.stop.is_cancelled() {
             return RunEnd::Stopped;
@@ -337,6 +353,7 @@ impl Driver {
         // Our supervisor decides about reconnects (with its own backoff and retry budget).
         client.enable_auto_reconnect.store(false, Ordering::Relaxed);
         *self.shared.client.lock().await = Some(client.clone());
+        let started_unpaired = client.pn().is_none();
         let mut handle = bot.spawn();
         let mut st = RunState::default();
         loop {
@@ -362,6 +379,13 @@ impl Driver {
                             self.finish(end).await;
                             return RunEnd::Terminal;
                         }
+                    }
+                    // The crate announces PairSuccess only after answering the phone, so under load the server's
+                    // 515 can end the run loop before the event is dispatched: a device id that appeared in the
+                    // store of a client that started unpaired is the proof that the pairing happened.
+                    if started_unpaired && !st.paired && !st.connected && let Some(jid) = client.pn() {
+                        st.paired = true;
+                        self.announce_paired(&client, &jid).await;
                     }
                     if st.paired && !st.connected {
                         // Make sure the new identity is on disk before the next client loads it.
@@ -410,19 +434,10 @@ impl Driver {
                 .await;
             }
             Event::PairSuccess(ok) => {
-                st.paired = true;
-                // Durable before we say so: a restart from here on resumes this device instead of pairing again.
-                if let Err(e) = client.persistence_manager().flush().await {
-                    tracing::warn!(channel_id, error = %e, "flushing the paired device failed");
+                if !st.paired {
+                    st.paired = true;
+                    self.announce_paired(client, &ok.id).await;
                 }
-                self.emit(EngineEvent::Paired {
-                    phone_number: e164(&ok.id),
-                })
-                .await;
-                self.emit(EngineEvent::StateChanged {
-                    state: marker(&ok.id),
-                })
-                .await;
             }
             Event::PairError(e) => {
                 st.detail = Some(format!("pairing failed: {}", e.error));
@@ -654,6 +669,7 @@ impl InboundDurabilityHook for CommitHook {
         _client: Arc<Client>,
         batch: &[WaInbound],
     ) -> whatsapp_rust::anyhow::Result<()> {
+        let mut messages = Vec::with_capacity(batch.len());
         for m in batch {
             // Messages from the account itself (sent on the phone) are not inbound traffic.
             if m.info.source.is_from_me {
@@ -662,24 +678,25 @@ impl InboundDurabilityHook for CommitHook {
             let Some(body) = body_of(&m.message) else {
                 continue;
             };
-            let (ack, committed) = oneshot::channel();
-            let message = InboundMessage {
+            messages.push(InboundMessage {
                 message_id: m.info.id.to_string(),
                 from: sender_of(&m.info),
                 timestamp: m.info.timestamp,
                 body,
-            };
-            self.events
-                .send(EngineEvent::Inbound {
-                    message: Box::new(message),
-                    ack,
-                })
-                .await
-                .map_err(|_| whatsapp_rust::anyhow::anyhow!("session ended before the commit"))?;
-            committed
-                .await
-                .map_err(|_| whatsapp_rust::anyhow::anyhow!("message not committed"))?;
+            });
         }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        // The whole batch (one live message, or an offline drain's lot) commits in one transaction.
+        let (ack, committed) = oneshot::channel();
+        self.events
+            .send(EngineEvent::Inbound { messages, ack })
+            .await
+            .map_err(|_| whatsapp_rust::anyhow::anyhow!("session ended before the commit"))?;
+        committed
+            .await
+            .map_err(|_| whatsapp_rust::anyhow::anyhow!("messages not committed"))?;
         Ok(())
     }
 }

@@ -16,10 +16,10 @@
 //!   push name (`fakewa <number>`), so `Connected` follows within a fraction of a second and
 //!   restarts take the client's plain reconnection path. The key share reaches the client as an
 //!   `Event::Messages` with a `protocolMessage` from its own number, as with a real phone.
-//! - Contacts are any phone number, each with its own Signal identity. [`FakeWa::inbound`] needs
-//!   a live connection; a message the client has not acknowledged is delivered again (marked
-//!   `offline`) at its next login, before the `<offline count=N>` marker, as WhatsApp's offline
-//!   queue does.
+//! - Contacts are any phone number, each with its own Signal identity. [`FakeWa::inbound`] sends
+//!   at once to a connected device and queues for a paired one that is offline; a message the
+//!   client has not acknowledged is delivered (again, marked `offline`) at its next login, before
+//!   the `<offline count=N>` marker, as WhatsApp's offline queue does.
 //! - Receipts for the client's messages come only on command ([`FakeWa::receipt`]).
 //! - A message the client cannot decrypt is answered like a real sender would: the contact
 //!   re-sends it on a fresh session when the client's retry receipt arrives.
@@ -268,7 +268,8 @@ impl FakeWa {
     }
 
     /// Delivers a text from the fake contact `from` (a phone number) to the device, Signal-
-    /// encrypted (`pkmsg` for a new session, `msg` afterwards). Returns the message id.
+    /// encrypted (`pkmsg` for a new session, `msg` afterwards), at once if it is connected, else
+    /// at its next login (offline queue, at most 10,000 per device). Returns the message id.
     pub async fn inbound(
         &self,
         phone_number: &str,

@@ -816,7 +816,8 @@ impl Shared {
                 "`from` must be a contact, not the paired number itself".into(),
             ));
         }
-        let conn = self.live_conn(phone)?;
+        // Fails early for an unknown phone; whether it is online is decided below, atomically with the queueing.
+        self.with_device(phone, |_| ())?;
         let (kind, mut ciphertext) = self
             .encrypt_to_device(from, phone, &text_message(text))
             .await
@@ -827,8 +828,10 @@ impl Shared {
         }
         let id = self.new_id("3A");
         let node = inbound_stanza(from, &id, kind, ciphertext, None);
-        // Registered before sending, so an ack can never arrive for an unknown id.
-        self.with_device(phone, |d| {
+        // Registered before sending, so an ack can never arrive for an unknown id. Read together with the queueing
+        // (one lock): a device that is offline gets the message from its offline queue at the next login, as from
+        // WhatsApp; one that logs in meanwhile sees it either live or in that queue.
+        let conn = self.with_device(phone, |d| {
             d.inbound.push(
                 id.clone(),
                 InboundStatus {
@@ -845,9 +848,12 @@ impl Shared {
                 d.unacked.pop_front();
             }
             d.unacked.push_back((id.clone(), node.clone()));
+            d.conn.clone()
         })?;
-        self.send_cmd(phone, conn, Cmd::Send(Box::new(node)))
-            .await?;
+        if let Some(conn) = conn {
+            // A connection that has just closed keeps the message queued for the next login.
+            let _ = self.send_cmd(phone, conn, Cmd::Send(Box::new(node))).await;
+        }
         Ok(id)
     }
 

@@ -442,6 +442,55 @@ async fn inbound_text_reaches_the_client_and_is_acked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_while_offline_arrives_at_the_next_login() {
+    let fake = fake().await;
+    let phone = "15550007788";
+    let contact = "15559990002";
+    let (store, mut first, _) = pair(&fake, phone).await;
+    first.stop().await;
+    wait_until("the server sees the client gone", async || {
+        !fake.device(phone).await.unwrap().connected
+    })
+    .await;
+
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(fake.inbound(phone, contact, &format!("queued {i}")).await.unwrap());
+    }
+    assert!(
+        fake.inbound_list(phone)
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| m.acked_at_ms.is_none())
+    );
+
+    let mut second = client(&fake, &store, None).await;
+    let mut got = Vec::new();
+    while got.len() < ids.len() {
+        let batch = second
+            .wait("the queued messages", |e| match e {
+                Event::Messages(batch) => Some(
+                    batch
+                        .messages
+                        .iter()
+                        .filter(|m| m.message.text_content().is_some())
+                        .map(|m| m.info.id.clone())
+                        .collect::<Vec<_>>(),
+                ),
+                _ => None,
+            })
+            .await;
+        got.extend(batch);
+    }
+    assert_eq!(got, ids, "the offline queue is delivered in order");
+    for id in &ids {
+        assert!(fake.wait_inbound_acked(phone, id, WAIT).await.unwrap());
+    }
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_text_is_decrypted_by_the_contact_and_receipts_flow_back() {
     let fake = fake().await;
     let phone = "15550008888";
