@@ -731,7 +731,7 @@ async fn retries_timeouts_retry_after_redirects_and_gone() {
     let pg = db.client().await;
     let gaps: Vec<f64> = pg
         .query(
-            "SELECT extract(epoch FROM next_attempt_at - attempted_at)::float8 FROM webhook_attempts a
+            "SELECT extract(epoch FROM a.next_attempt_at - a.attempted_at)::float8 FROM webhook_attempts a
              JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE d.endpoint_id = $1 AND a.next_attempt_at IS NOT NULL
              ORDER BY a.id",
             &[&flaky_ep],
