@@ -25,10 +25,14 @@ const CLAIM_MAX: usize = 500;
 pub const EXCERPT_MAX: usize = 4 * 1024;
 /// The longest wait a `Retry-After` may impose.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(6 * 3600);
+/// How long a claim outlives the attempt's timeout (time to record the outcome).
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// Outcomes written per recorder transaction.
 const RECORD_BATCH: usize = 512;
-/// A saturated host may have this many times its cap waiting on this node; beyond, rows go back to the queue.
-const HOST_BACKLOG: usize = 2;
+/// A host may have this many times its concurrency cap held by this node (sending or waiting to); then it is
+/// saturated: its endpoints' rows are left in the queue (for other nodes, or for later) until half of that
+/// has drained. So a slow receiver holds at most this share of the node's capacity.
+const HOST_BACKLOG: usize = 4;
 
 struct Claimed {
     id: i64,
@@ -73,8 +77,12 @@ struct Outcome {
 }
 
 struct Host {
+    /// Requests in progress (the per-host concurrency cap).
     sem: Arc<Semaphore>,
-    queued: AtomicUsize,
+    /// Rows this node holds for the host: sending or waiting for `sem`.
+    held: AtomicUsize,
+    saturated: std::sync::atomic::AtomicBool,
+    endpoints: Mutex<HashSet<String>>,
 }
 
 pub struct Dispatcher {
@@ -86,12 +94,14 @@ pub struct Dispatcher {
     wake: Arc<Notify>,
     client: reqwest::Client,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
+    /// Notified when a saturated host has drained to half: its rows may be claimed again.
+    freed: Notify,
 }
 
 const CLAIM_SQL: &str = "WITH due AS (
         SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.enabled
         WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= now()
-          AND (d.locked_until IS NULL OR d.locked_until < now())
+          AND (d.locked_until IS NULL OR d.locked_until < now()) AND NOT (d.endpoint_id = ANY($4::text[]))
         ORDER BY d.next_attempt_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED),
     claimed AS (
         UPDATE webhook_deliveries d SET locked_until = now() + $2::int8 * interval '1 millisecond', locked_by = $3
@@ -134,6 +144,7 @@ impl Dispatcher {
             wake,
             client,
             hosts: Mutex::new(HashMap::new()),
+            freed: Notify::new(),
         }))
     }
 
@@ -155,18 +166,20 @@ impl Dispatcher {
                 }
                 continue;
             }
-            let n = free.min(CLAIM_MAX);
+            let (excluded, room) = self.saturation();
+            let n = free.min(CLAIM_MAX).min(room.max(1));
             let token: Arc<str> = format!("{}/{}", self.node_id, ulid::Ulid::new()).into();
-            match self.claim(n, &token).await {
+            match self.claim(n, &token, &excluded).await {
                 Ok(rows) => {
                     let full = rows.len() == n;
                     let mut deferred = Vec::new();
                     for row in rows {
-                        let Some(host) = self.host_slot(&row.url) else {
+                        let Some(host) = self.host_slot(&row.url, &row.endpoint_id) else {
                             deferred.push(row.id);
                             continue;
                         };
                         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                            host.held.fetch_sub(1, Ordering::AcqRel);
                             deferred.push(row.id);
                             continue;
                         };
@@ -178,7 +191,7 @@ impl Dispatcher {
                                 let _host = host.sem.clone().acquire_owned().await;
                                 me.attempt(row, token).await
                             };
-                            host.queued.fetch_sub(1, Ordering::AcqRel);
+                            me.release(&host);
                             drop(permit);
                             // The recorder is gone only at shutdown: the claim then expires and the row is due again.
                             let _ = out.send(outcome).await;
@@ -186,8 +199,7 @@ impl Dispatcher {
                     }
                     if !deferred.is_empty() {
                         self.defer(&deferred, &token).await;
-                    }
-                    if full {
+                    } else if full {
                         continue;
                     }
                 }
@@ -198,6 +210,7 @@ impl Dispatcher {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = self.wake.notified() => {}
+                _ = self.freed.notified() => {}
                 _ = tokio::time::sleep(self.settings.poll) => {}
             }
         }
@@ -205,8 +218,41 @@ impl Dispatcher {
         let _ = tokio::time::timeout(Duration::from_secs(2), recorder).await;
     }
 
-    /// The host's slot, counted as taken; None when the host already has its share of this node waiting.
-    fn host_slot(&self, url: &str) -> Option<Arc<Host>> {
+    fn cap(&self) -> usize {
+        self.settings.per_host * HOST_BACKLOG
+    }
+
+    /// The endpoints of saturated hosts (not to be claimed now), and how many rows the unsaturated hosts this
+    /// node knows can still take (what a claim should not exceed, so that little is handed back).
+    fn saturation(&self) -> (Vec<String>, usize) {
+        let cap = self.cap();
+        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut excluded = Vec::new();
+        let mut room = 0;
+        let mut open = 0;
+        for h in hosts.values() {
+            if h.saturated.load(Ordering::Acquire) {
+                excluded.extend(
+                    h.endpoints
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .cloned(),
+                );
+            } else {
+                open += 1;
+                room += cap.saturating_sub(h.held.load(Ordering::Acquire));
+            }
+        }
+        // No known host with room: a claim may still find endpoints this node has not seen yet.
+        if open == 0 {
+            room = cap;
+        }
+        (excluded, room)
+    }
+
+    /// The host's slot, counted as held; None when the host is saturated.
+    fn host_slot(&self, url: &str, endpoint_id: &str) -> Option<Arc<Host>> {
         let key = reqwest::Url::parse(url)
             .ok()
             .map(|u| {
@@ -219,7 +265,7 @@ impl Dispatcher {
             .unwrap_or_default();
         let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
         if hosts.len() > 10_000 {
-            hosts.retain(|_, h| h.queued.load(Ordering::Acquire) > 0);
+            hosts.retain(|_, h| h.held.load(Ordering::Acquire) > 0);
         }
         let per_host = self.settings.per_host;
         let h = hosts
@@ -227,23 +273,50 @@ impl Dispatcher {
             .or_insert_with(|| {
                 Arc::new(Host {
                     sem: Arc::new(Semaphore::new(per_host)),
-                    queued: AtomicUsize::new(0),
+                    held: AtomicUsize::new(0),
+                    saturated: std::sync::atomic::AtomicBool::new(false),
+                    endpoints: Mutex::new(HashSet::new()),
                 })
             })
             .clone();
-        if h.queued.load(Ordering::Acquire) >= per_host * HOST_BACKLOG {
+        {
+            let mut eps = h.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+            if eps.len() < 1_000 && !eps.contains(endpoint_id) {
+                eps.insert(endpoint_id.to_string());
+            }
+        }
+        let held = h.held.fetch_add(1, Ordering::AcqRel) + 1;
+        if held > self.cap() {
+            h.held.fetch_sub(1, Ordering::AcqRel);
+            h.saturated.store(true, Ordering::Release);
             return None;
         }
-        h.queued.fetch_add(1, Ordering::AcqRel);
+        if held == self.cap() {
+            h.saturated.store(true, Ordering::Release);
+        }
         Some(h)
     }
 
-    async fn claim(&self, n: usize, token: &str) -> anyhow::Result<Vec<Claimed>> {
+    /// A held row of `host` is done; a saturated host that drained to half is open again.
+    fn release(&self, host: &Host) {
+        let held = host.held.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        if held <= self.cap() / 2 && host.saturated.swap(false, Ordering::AcqRel) {
+            self.freed.notify_one();
+        }
+    }
+
+    async fn claim(
+        &self,
+        n: usize,
+        token: &str,
+        excluded: &[String],
+    ) -> anyhow::Result<Vec<Claimed>> {
         let client = self.pool.get().await?;
-        let lease_ms = (self.settings.timeout + Duration::from_secs(30)).as_millis() as i64;
+        // Outlives the attempt and its recording; a claim of a node that died is due again after it.
+        let lease_ms = (self.settings.timeout + LEASE_MARGIN).as_millis() as i64;
         let stmt = client.prepare_cached(CLAIM_SQL).await?;
         let rows = client
-            .query(&stmt, &[&(n as i64), &lease_ms, &token])
+            .query(&stmt, &[&(n as i64), &lease_ms, &token, &excluded])
             .await?;
         Ok(rows
             .iter()

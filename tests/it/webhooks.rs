@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use whatisup::pb;
 
-const T: Duration = Duration::from_secs(30);
+const T: Duration = Duration::from_secs(60);
 
 /// What a receiver does with one request.
 #[derive(Clone, Debug)]
@@ -1083,10 +1083,13 @@ async fn kill9_with_due_deliveries_loses_none() {
     let db = TestDb::new();
     let env = [
         ("WHATISUP_WEBHOOK_ALLOW_CIDRS", "127.0.0.0/8"),
+        // Long enough that no delivery runs out of retries while the node is down.
         (
             "WHATISUP_WEBHOOK_RETRY_SCHEDULE",
-            "1s,1s,1s,1s,1s,1s,1s,1s,1s,1s,1s,1s",
+            "1s,1s,1s,1s,1s,2s,2s,2s,5s,5s,5s,5s,5s,5s,5s,5s",
         ),
+        // A claim left by the killed node is due again after the timeout plus a margin.
+        ("WHATISUP_WEBHOOK_TIMEOUT_MS", "2000"),
         ("WHATISUP_WEBHOOK_POLL_MS", "100"),
     ];
     let mut a = Proc::spawn(&db, "node-a", &env).await;
