@@ -872,6 +872,41 @@ async fn receiver_down_then_up_and_recover() {
         (s, &err["error"]["details"]["field"]),
         (400, &json!("since"))
     );
+
+    // Retention: finished deliveries older than the retention go, with their attempts; queued ones stay.
+    let pg = db.client().await;
+    pg.execute(
+        "UPDATE webhook_deliveries SET updated_at = now() - interval '31 days' WHERE endpoint_id = $1",
+        &[&ep],
+    )
+    .await
+    .unwrap();
+    let app = &gw.running.app;
+    let dispatcher = whatisup::webhooks::dispatcher::Dispatcher::new(
+        app.pool.clone(),
+        app.webhooks.clone(),
+        app.keys.clone(),
+        app.metrics.clone(),
+        "cleaner".into(),
+        Arc::new(tokio::sync::Notify::new()),
+    )
+    .unwrap();
+    assert_eq!(dispatcher.clean(30).await.unwrap(), 1);
+    let left: i64 = pg
+        .query_one(
+            "SELECT (SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1)
+                  + (SELECT count(*) FROM webhook_attempts a WHERE NOT EXISTS
+                        (SELECT 1 FROM webhook_deliveries d WHERE d.id = a.delivery_id))",
+            &[&ep],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the delivery and its attempts are gone");
+    let (_, l) = api
+        .get(&format!("/v1/webhook-deliveries?endpoint_id={short_ep}"))
+        .await;
+    assert_eq!(l["data"].as_array().unwrap().len(), 1, "recent ones stay");
     gw.stop().await;
     db.drop_db().await;
 }
