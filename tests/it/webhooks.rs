@@ -494,7 +494,11 @@ async fn endpoints_crud_validation_and_isolation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_deliveries_verified_independently_and_rotation() {
     let db = TestDb::new();
-    let gw = Gw::start(webhook_config(&db)).await;
+    let mut cfg = webhook_config(&db);
+    // Nothing here is retried: every delivery must come from the commit's NOTIFY waking the dispatcher, not
+    // from its poll.
+    cfg.webhook_poll_ms = 60_000;
+    let gw = Gw::start(cfg).await;
     let k = gw.customer("acme").await;
     let api = Api::new(&gw.base, &k.test);
     let rx = Receiver::start().await;
