@@ -479,6 +479,34 @@ async fn endpoints_crud_validation_and_isolation() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // Update over gRPC: a list field set to empty returns to "all events" / the server's schedule.
+    let up = grpc
+        .update_webhook_endpoint(authed(
+            pb::UpdateWebhookEndpointRequest {
+                id: e2.id.clone(),
+                events: Some(pb::StringList { values: vec![] }),
+                retry_schedule: Some(pb::StringList {
+                    values: vec!["5s".into()],
+                }),
+                description: Some("grpc".into()),
+                ..Default::default()
+            },
+            &acme.test,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(up.events.is_empty() && up.signing_secret.is_none());
+    assert_eq!(
+        (up.retry_schedule, up.description),
+        (vec!["5s".to_string()], "grpc".to_string())
+    );
+    let listed = grpc
+        .list_webhook_endpoints(authed(pb::ListWebhookEndpointsRequest {}, &acme.test))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.data.len(), 2);
 
     let (s, _) = api.delete(&format!("/v1/webhook-endpoints/{id}")).await;
     assert_eq!(s, 200);
