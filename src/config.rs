@@ -93,6 +93,35 @@ pub struct Config {
     /// Name shown on the phone's list of linked devices.
     #[arg(long, env = "WHATISUP_WA_DEVICE_NAME", default_value = "whatisup")]
     pub wa_device_name: String,
+    /// Webhooks: delays between attempts after the first (each ±20 % jitter); an endpoint may set its own.
+    #[arg(
+        long,
+        env = "WHATISUP_WEBHOOK_RETRY_SCHEDULE",
+        default_value = "10s,60s,5m,30m,2h"
+    )]
+    pub webhook_retry_schedule: String,
+    /// Webhooks: one attempt's timeout (connect, send, answer).
+    #[arg(long, env = "WHATISUP_WEBHOOK_TIMEOUT_MS", default_value_t = 15_000)]
+    pub webhook_timeout_ms: u64,
+    /// Webhooks: concurrent requests to one host (host:port), so one slow receiver cannot stall the others.
+    #[arg(long, env = "WHATISUP_WEBHOOK_PER_HOST", default_value_t = 16)]
+    pub webhook_per_host: usize,
+    /// Webhooks: concurrent requests of one node.
+    #[arg(long, env = "WHATISUP_WEBHOOK_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub webhook_max_in_flight: usize,
+    /// Webhooks: an endpoint failing continuously for this long is disabled (`webhook_endpoint.disabled`).
+    #[arg(long, env = "WHATISUP_WEBHOOK_DISABLE_AFTER", default_value = "5d")]
+    pub webhook_disable_after: String,
+    /// Webhooks: address blocks receivers may be in although the SSRF guard refuses them by default
+    /// (comma-separated CIDRs, e.g. `127.0.0.0/8`).
+    #[arg(long, env = "WHATISUP_WEBHOOK_ALLOW_CIDRS", default_value = "")]
+    pub webhook_allow_cidrs: String,
+    /// Webhooks: finished deliveries and their attempts are deleted after this many days (0 keeps them).
+    #[arg(long, env = "WHATISUP_WEBHOOK_RETENTION_DAYS", default_value_t = 30)]
+    pub webhook_retention_days: u32,
+    /// Webhooks: how often the dispatcher looks for due deliveries when no notification woke it.
+    #[arg(long, env = "WHATISUP_WEBHOOK_POLL_MS", default_value_t = 1_000)]
+    pub webhook_poll_ms: u64,
     /// Print the bootstrap keys on first start (tests turn it off).
     #[arg(skip = true)]
     pub print_bootstrap_keys: bool,

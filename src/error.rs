@@ -15,6 +15,8 @@ pub enum Code {
     ChannelNotFound,
     MessageNotFound,
     ApiKeyNotFound,
+    WebhookEndpointNotFound,
+    DeliveryNotFound,
     NotFound,
     InvalidLifecycleTransition,
     NotConnected,
@@ -40,6 +42,8 @@ impl Code {
             Code::ChannelNotFound => "channel_not_found",
             Code::MessageNotFound => "message_not_found",
             Code::ApiKeyNotFound => "api_key_not_found",
+            Code::WebhookEndpointNotFound => "webhook_endpoint_not_found",
+            Code::DeliveryNotFound => "delivery_not_found",
             Code::NotFound => "not_found",
             Code::InvalidLifecycleTransition => "invalid_lifecycle_transition",
             Code::NotConnected => "not_connected",
@@ -59,7 +63,12 @@ impl Code {
             InvalidRequest => StatusCode::BAD_REQUEST,
             AuthMissing | AuthMalformed | AuthInvalid | AuthExpired => StatusCode::UNAUTHORIZED,
             ChannelAccessDenied | ChannelScopedKey => StatusCode::FORBIDDEN,
-            ChannelNotFound | MessageNotFound | ApiKeyNotFound | NotFound => StatusCode::NOT_FOUND,
+            ChannelNotFound
+            | MessageNotFound
+            | ApiKeyNotFound
+            | WebhookEndpointNotFound
+            | DeliveryNotFound
+            | NotFound => StatusCode::NOT_FOUND,
             InvalidLifecycleTransition
             | NotConnected
             | NoQr
@@ -78,7 +87,12 @@ impl Code {
             InvalidRequest => tonic::Code::InvalidArgument,
             AuthMissing | AuthMalformed | AuthInvalid | AuthExpired => tonic::Code::Unauthenticated,
             ChannelAccessDenied | ChannelScopedKey => tonic::Code::PermissionDenied,
-            ChannelNotFound | MessageNotFound | ApiKeyNotFound | NotFound => tonic::Code::NotFound,
+            ChannelNotFound
+            | MessageNotFound
+            | ApiKeyNotFound
+            | WebhookEndpointNotFound
+            | DeliveryNotFound
+            | NotFound => tonic::Code::NotFound,
             InvalidLifecycleTransition | NotConnected | NoQr | NotSandbox => {
                 tonic::Code::FailedPrecondition
             }

@@ -14,6 +14,7 @@ pub mod pb;
 pub mod qr;
 pub mod sessions;
 pub mod store;
+pub mod webhooks;
 pub mod wkt;
 
 use crate::api::App;
@@ -108,6 +109,7 @@ pub async fn shutdown_signal() {
 /// Connects, migrates, bootstraps and starts serving on `listener`.
 pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Running> {
     let cfg = Arc::new(config);
+    let webhook_settings = Arc::new(webhooks::Settings::from_config(&cfg)?);
     let keys = Arc::new(crypto::MasterKeys::load(
         cfg.master_key.as_deref(),
         cfg.master_key_previous.as_deref(),
@@ -163,9 +165,19 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         hub.clone(),
         node.clone(),
         metrics.clone(),
+        webhook_settings.clone(),
     ));
 
     let background = CancellationToken::new();
+    let dispatcher = webhooks::dispatcher::Dispatcher::new(
+        pool.clone(),
+        webhook_settings,
+        app.keys.clone(),
+        metrics.clone(),
+        node.id.clone(),
+        hub.webhooks.clone(),
+    )?;
+    tokio::spawn(dispatcher.run(background.clone()));
     let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel::<String>(4_096);
     tokio::spawn(events::hub::run(
         hub,
@@ -212,10 +224,12 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
 fn build_router(app: Arc<App>, stop: CancellationToken) -> anyhow::Result<axum::Router> {
     use crate::api::{
         channels::ChannelGrpc, events::EventGrpc, keys::ApiKeyGrpc, sandbox::SandboxGrpc,
+        webhooks::WebhookGrpc,
     };
     use crate::pb::{
         api_key_service_server::ApiKeyServiceServer, channel_service_server::ChannelServiceServer,
         event_service_server::EventServiceServer, sandbox_service_server::SandboxServiceServer,
+        webhook_service_server::WebhookServiceServer,
     };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     // Serving from the start: /readyz is the readiness check that also asks the database.
@@ -237,7 +251,8 @@ fn build_router(app: Arc<App>, stop: CancellationToken) -> anyhow::Result<axum::
         .add_service(ChannelServiceServer::new(ChannelGrpc(app.clone())))
         .add_service(SandboxServiceServer::new(SandboxGrpc(app.clone())))
         .add_service(EventServiceServer::new(EventGrpc(app.clone())))
-        .add_service(ApiKeyServiceServer::new(ApiKeyGrpc(app.clone())));
+        .add_service(ApiKeyServiceServer::new(ApiKeyGrpc(app.clone())))
+        .add_service(WebhookServiceServer::new(WebhookGrpc(app.clone())));
     let router = grpc
         .routes()
         .into_axum_router()

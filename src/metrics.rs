@@ -15,6 +15,10 @@ pub struct Metrics {
     pub sessions: IntGauge,
     pub http: HistogramVec,
     pub journal_batch: Histogram,
+    pub webhook_queue: IntGauge,
+    pub webhook_attempts: IntCounterVec,
+    pub webhook_attempt_seconds: Histogram,
+    pub webhook_delivery_latency: Histogram,
 }
 
 impl Metrics {
@@ -62,6 +66,39 @@ impl Metrics {
             ]),
         )
         .expect("valid");
+        let webhook_queue = IntGauge::new(
+            "webhook_queue_depth",
+            "Webhook deliveries waiting for an attempt (pending or retrying), all nodes",
+        )
+        .expect("valid");
+        let webhook_attempts = IntCounterVec::new(
+            Opts::new(
+                "webhook_attempts_total",
+                "Webhook attempts by this node, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid");
+        let webhook_attempt_seconds = Histogram::with_opts(
+            HistogramOpts::new("webhook_attempt_seconds", "Duration of one webhook attempt")
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0,
+                ]),
+        )
+        .expect("valid");
+        let webhook_delivery_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "webhook_delivery_latency_seconds",
+                "From the event to its successful webhook delivery",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0,
+            ]),
+        )
+        .expect("valid");
+        for outcome in ["success", "http_error", "network_error", "gone"] {
+            webhook_attempts.with_label_values(&[outcome]);
+        }
         for kind in ["sse", "grpc"] {
             subscribers.with_label_values(&[kind]).set(0);
         }
@@ -74,6 +111,10 @@ impl Metrics {
             Box::new(sessions.clone()),
             Box::new(http.clone()),
             Box::new(journal_batch.clone()),
+            Box::new(webhook_queue.clone()),
+            Box::new(webhook_attempts.clone()),
+            Box::new(webhook_attempt_seconds.clone()),
+            Box::new(webhook_delivery_latency.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -87,6 +128,10 @@ impl Metrics {
             sessions,
             http,
             journal_batch,
+            webhook_queue,
+            webhook_attempts,
+            webhook_attempt_seconds,
+            webhook_delivery_latency,
         }
     }
 

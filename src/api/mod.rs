@@ -5,6 +5,7 @@ pub mod channels;
 pub mod events;
 pub mod keys;
 pub mod sandbox;
+pub mod webhooks;
 
 use crate::config::Config;
 use crate::crypto::{self, MasterKeys};
@@ -36,6 +37,7 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub limiter: RateLimiter,
     pub open_streams: Arc<AtomicUsize>,
+    pub webhooks: Arc<crate::webhooks::Settings>,
     key_cache: Mutex<HashMap<Vec<u8>, (CachedKey, Instant)>>,
 }
 
@@ -56,6 +58,7 @@ impl App {
         hub: Arc<Hub>,
         node: Arc<Node>,
         metrics: Arc<Metrics>,
+        webhooks: Arc<crate::webhooks::Settings>,
     ) -> App {
         let limiter = RateLimiter::new(cfg.rate_limit_burst, cfg.rate_limit_per_sec);
         App {
@@ -68,6 +71,7 @@ impl App {
             metrics,
             limiter,
             open_streams: Arc::new(AtomicUsize::new(0)),
+            webhooks,
             key_cache: Mutex::new(HashMap::new()),
         }
     }

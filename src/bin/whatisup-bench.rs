@@ -6,6 +6,8 @@
 //!   whatisup-bench fanout-scale [--seconds 10] [--rate 1000] [--steps 10,50,100,200,400]
 //!   whatisup-bench journal [--seconds 10]
 //!   whatisup-bench wa [--channels 100] [--messages 5000] [--idle-secs 30]
+//!   whatisup-bench webhooks [--receivers 1,10] [--deliveries 20000] [--rate 1000] [--seconds 20]
+//!                           [--backlog 100000] [--soak-secs 0]
 //!
 //! `wa` runs the real WhatsApp engine against the fake WhatsApp server (the `fakewa` binary next to this one).
 //! It needs both built for it: `cargo build --release --features fake-whatsapp --bins && cargo build --release
@@ -1144,6 +1146,324 @@ async fn wa(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A loopback webhook receiver for the benchmark: counts requests and, while `measure` is on, the latency from
+/// the event's `occurred_at` to its arrival.
+#[derive(Clone, Default)]
+struct BenchSink {
+    count: Arc<AtomicU64>,
+    measure: Arc<std::sync::atomic::AtomicBool>,
+    latencies: Arc<std::sync::Mutex<Vec<u32>>>,
+}
+
+async fn bench_sink(sink: BenchSink) -> anyhow::Result<String> {
+    async fn handle(
+        axum::extract::State(s): axum::extract::State<BenchSink>,
+        body: axum::body::Bytes,
+    ) -> &'static str {
+        s.count.fetch_add(1, Ordering::Relaxed);
+        if s.measure.load(Ordering::Relaxed)
+            && let Ok(text) = std::str::from_utf8(&body)
+            && let Some(us) = latency_us(text, chrono::Utc::now())
+        {
+            s.latencies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(us);
+        }
+        "ok"
+    }
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", l.local_addr()?);
+    let app = axum::Router::new().fallback(handle).with_state(sink);
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    Ok(url)
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| {
+            v.split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// Durable webhook delivery, in one process: the journal commits events (and their delivery rows), the real
+/// dispatcher sends them to loopback receivers. Beside it, the raw rate of the same receivers (plain keep-alive
+/// POSTs, same concurrency cap) as the baseline.
+async fn webhooks(args: &[String]) -> anyhow::Result<()> {
+    use whatisup::events::{Journal, Op};
+    let receivers: Vec<usize> = arg(args, "--receivers", "1,10")
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()?;
+    let deliveries: u64 = arg(args, "--deliveries", "20000").parse()?;
+    let rate: u64 = arg(args, "--rate", "1000").parse()?;
+    let secs: u64 = arg(args, "--seconds", "20").parse()?;
+    let backlog: u64 = arg(args, "--backlog", "100000").parse()?;
+    let soak: u64 = arg(args, "--soak-secs", "0").parse()?;
+    let db = BenchDb::new();
+    let pool = whatisup::store::connect(&db.url, 16).await?;
+    whatisup::store::migrate(&pool).await?;
+    let keys = Arc::new(whatisup::crypto::MasterKeys::from_bytes([7; 32], &[]));
+    let b = whatisup::store::customers::create(&pool, &keys, "bench").await?;
+    let p = whatisup::model::Principal {
+        key_id: "k".into(),
+        customer_id: b.customer_id.clone(),
+        mode: whatisup::model::Mode::Test,
+        channel_id: None,
+    };
+    let mut ids = Vec::new();
+    {
+        let c = pool.get().await?;
+        for i in 0..100 {
+            ids.push(
+                whatisup::store::channels::insert(&c, &p, &format!("w{i}"), &serde_json::json!({}))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .id,
+            );
+        }
+    }
+    let metrics = Arc::new(whatisup::metrics::Metrics::new());
+    let journal = Journal::spawn(&db.url, metrics.clone())?;
+    let hub = Arc::new(whatisup::events::Hub::new());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (cmd_tx, _cmd_rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(whatisup::events::hub::run(
+        hub.clone(),
+        pool.clone(),
+        db.url.clone(),
+        cmd_tx,
+        metrics.clone(),
+        stop.clone(),
+    ));
+    let mut cfg = whatisup::config::Config::from_env();
+    cfg.webhook_allow_cidrs = "127.0.0.0/8".into();
+    let settings = Arc::new(whatisup::webhooks::Settings::from_config(&cfg)?);
+    let data = serde_json::json!({"message_id": "3EB0ABCDEF0123456789", "from": "+15550001111",
+        "timestamp": "2026-11-26T12:00:00.000Z", "type": "text", "text": "benchmark"});
+    // Events through the journal at `rate` per second (0: as fast as it takes them) until `n` are committed.
+    let produce = |n: u64, rate: u64| {
+        let (journal, ids, data) = (journal.clone(), ids.clone(), data.clone());
+        async move {
+            let start = tokio::time::Instant::now();
+            let sem = Arc::new(tokio::sync::Semaphore::new(1000));
+            let mut tasks = Vec::new();
+            for i in 0..n {
+                if let Some(us) = (i * 1_000_000).checked_div(rate) {
+                    tokio::time::sleep_until(start + Duration::from_micros(us)).await;
+                }
+                let permit = sem.clone().acquire_owned().await?;
+                let op = Op {
+                    channel_id: ids[i as usize % ids.len()].clone(),
+                    events: vec![("message.received", data.clone())],
+                    ..Default::default()
+                };
+                let journal = journal.clone();
+                tasks.push(tokio::spawn(async move {
+                    let _ = journal.submit(op).await;
+                    drop(permit);
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+            anyhow::Ok(())
+        }
+    };
+    let sinks_for = |n: usize| async move {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let s = BenchSink::default();
+            let url = bench_sink(s.clone()).await?;
+            out.push((s, url));
+        }
+        anyhow::Ok(out)
+    };
+    let total = |sinks: &[(BenchSink, String)]| -> u64 {
+        sinks
+            .iter()
+            .map(|(s, _)| s.count.load(Ordering::Relaxed))
+            .sum()
+    };
+    let add_endpoints = |sinks: Vec<(BenchSink, String)>| {
+        let (pool, keys, customer) = (pool.clone(), keys.clone(), b.customer_id.clone());
+        async move {
+            let c = pool.get().await?;
+            c.execute("UPDATE webhook_endpoints SET enabled = false", &[])
+                .await?;
+            for (_, url) in &sinks {
+                let id = whatisup::store::new_id("we");
+                let (key, _) = whatisup::webhooks::signing::new_secret();
+                let (kid, sealed) = keys.seal(id.as_bytes(), &key);
+                c.execute(
+                    "INSERT INTO webhook_endpoints (id, customer_id, mode, url, secret_kid, secret_sealed)
+                     VALUES ($1, $2, 'test', $3, $4, $5)",
+                    &[&id, &customer, url, &kid, &sealed],
+                )
+                .await?;
+            }
+            anyhow::Ok(sinks)
+        }
+    };
+
+    // The dispatcher starts paused (no claims until the backlog is written) by starting it later.
+    let mut dispatcher_stop: Option<tokio_util::sync::CancellationToken> = None;
+    let start_dispatcher = |stop: &tokio_util::sync::CancellationToken| -> anyhow::Result<()> {
+        let d = whatisup::webhooks::dispatcher::Dispatcher::new(
+            pool.clone(),
+            settings.clone(),
+            keys.clone(),
+            metrics.clone(),
+            "bench".into(),
+            hub.webhooks.clone(),
+        )?;
+        tokio::spawn(d.run(stop.clone()));
+        Ok(())
+    };
+    for &r in &receivers {
+        if let Some(s) = dispatcher_stop.take() {
+            s.cancel();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let sinks = sinks_for(r).await?;
+        // Baseline: plain keep-alive POSTs of a same-sized body, `per_host` at a time per receiver.
+        let client = http();
+        let body = serde_json::json!({"event": "message.received", "event_id": whatisup::store::new_id("evt"),
+            "api_version": "2026-04", "channel_id": ids[0], "sequence": 1, "occurred_at": "2026-11-26T12:00:00.000Z",
+            "data": data}).to_string();
+        let t = Instant::now();
+        let per = settings.per_host;
+        let mut tasks = Vec::new();
+        for (_, url) in &sinks {
+            for _ in 0..per {
+                let (c, url, body) = (client.clone(), url.clone(), body.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while t.elapsed() < Duration::from_secs(5) {
+                        if c.post(&url).body(body.clone()).send().await.is_ok() {
+                            n += 1;
+                        }
+                    }
+                    n
+                }));
+            }
+        }
+        let mut raw = 0;
+        for t in tasks {
+            raw += t.await.unwrap_or(0);
+        }
+        let raw_rate = raw as f64 / t.elapsed().as_secs_f64();
+
+        let sinks = add_endpoints(sinks).await?;
+        let base = total(&sinks);
+        produce(deliveries / r as u64, 0).await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let t = Instant::now();
+        start_dispatcher(&stop)?;
+        let want = base + (deliveries / r as u64) * r as u64;
+        while total(&sinks) < want {
+            if t.elapsed() > Duration::from_secs(600) {
+                bail!("deliveries did not finish: {} of {want}", total(&sinks));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = t.elapsed().as_secs_f64();
+        println!(
+            "webhooks: {r} receiver(s): {:.0} deliveries/s durable ({} deliveries in {took:.1} s); raw loopback HTTP \
+             {raw_rate:.0} requests/s to the same receivers",
+            (want - base) as f64 / took,
+            want - base
+        );
+        dispatcher_stop = Some(stop);
+    }
+
+    // Latency at a steady rate, one receiver.
+    if let Some(s) = dispatcher_stop.take() {
+        s.cancel();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sinks = add_endpoints(sinks_for(1).await?).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    start_dispatcher(&stop)?;
+    sinks[0].0.measure.store(true, Ordering::Relaxed);
+    let base = total(&sinks);
+    produce(rate * secs, rate).await?;
+    let t = Instant::now();
+    while total(&sinks) < base + rate * secs && t.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut lat = sinks[0]
+        .0
+        .latencies
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    lat.sort_unstable();
+    let q = |f: f64| {
+        lat.get(((lat.len() as f64 * f) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "webhooks: {rate} events/s for {secs} s: event commit → receiver p50 {:.1} ms, p99 {:.1} ms ({} samples)",
+        q(0.5) as f64 / 1000.0,
+        q(0.99) as f64 / 1000.0,
+        lat.len()
+    );
+    sinks[0].0.measure.store(false, Ordering::Relaxed);
+
+    // Memory over a soak at the same rate.
+    if soak > 0 {
+        let mut samples = Vec::new();
+        let t = Instant::now();
+        let producer = tokio::spawn(produce(rate * soak, rate));
+        while t.elapsed() < Duration::from_secs(soak) {
+            samples.push(rss_mib());
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        let _ = producer.await;
+        let max = samples.iter().copied().fold(0.0, f64::max);
+        println!(
+            "webhooks: soak {soak} s at {rate}/s: RSS first {:.0} MiB, last {:.0} MiB, max {max:.0} MiB",
+            samples.first().copied().unwrap_or(0.0),
+            samples.last().copied().unwrap_or(0.0)
+        );
+    }
+
+    // Catch-up: a receiver outage leaves a backlog; how long it takes to drain once the dispatcher runs again.
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = total(&sinks);
+    produce(backlog, 0).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let t = Instant::now();
+    start_dispatcher(&stop)?;
+    while total(&sinks) < base + backlog {
+        if t.elapsed() > Duration::from_secs(1800) {
+            bail!("backlog did not drain");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "webhooks: backlog of {backlog} deliveries drained in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    stop.cancel();
+    drop(journal);
+    pool.close();
+    db.drop_db().await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -1153,9 +1473,10 @@ async fn main() -> anyhow::Result<()> {
         Some("fanout-scale") => fanout_scale(&args).await,
         Some("journal") => journal(&args).await,
         Some("wa") => wa(&args).await,
+        Some("webhooks") => webhooks(&args).await,
         _ => {
             eprintln!(
-                "usage: whatisup-bench sessions|fanout|fanout-scale|journal|wa [options] (see the file header)"
+                "usage: whatisup-bench sessions|fanout|fanout-scale|journal|wa|webhooks [options] (see the file header)"
             );
             std::process::exit(2);
         }

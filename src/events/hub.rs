@@ -26,6 +26,8 @@ pub struct Hub {
     all: broadcast::Sender<Shared>,
     topics: Mutex<HashMap<String, broadcast::Sender<Shared>>>,
     last_id: AtomicI64,
+    /// Woken when some node committed deliveries (or re-queued some): the webhook dispatcher waits on it.
+    pub webhooks: Arc<tokio::sync::Notify>,
 }
 
 impl Hub {
@@ -34,6 +36,7 @@ impl Hub {
             all: broadcast::channel(TOPIC_CAPACITY).0,
             topics: Mutex::new(HashMap::new()),
             last_id: AtomicI64::new(0),
+            webhooks: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -164,8 +167,10 @@ async fn listen_once(
         }
     });
     client
-        .batch_execute("LISTEN whatisup_events; LISTEN whatisup_commands")
+        .batch_execute("LISTEN whatisup_events; LISTEN whatisup_commands; LISTEN whatisup_webhooks")
         .await?;
+    // Whatever was announced while we were not listening.
+    hub.webhooks.notify_one();
     // Anything committed while we were not listening.
     hub.catch_up(pool).await?;
     // A slow safety net: a notification is never the only way an event becomes visible.
@@ -183,6 +188,8 @@ async fn listen_once(
                             hub.catch_up(pool).await?;
                             metrics.hub_fetches.inc();
                         }
+                    } else if channel == crate::webhooks::deliveries::NOTIFY_CHANNEL {
+                        hub.webhooks.notify_one();
                     } else if commands.try_send(payload).is_err() {
                         tracing::warn!("hub: session command queue full; command dropped");
                     }

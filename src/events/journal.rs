@@ -19,7 +19,7 @@ use tokio_postgres::types::ToSql;
 
 type Param<'a> = dyn ToSql + Sync + 'a;
 
-const EVENTS_LOCK: i64 = 0x7768_6174_6576_6e74; // "whatevnt"
+pub const EVENTS_LOCK: i64 = 0x7768_6174_6576_6e74; // "whatevnt"
 const MAX_BATCH: usize = 512;
 const QUEUE: usize = 16_384;
 
@@ -263,11 +263,24 @@ const UPDATE_SQL: &str = "UPDATE channels c SET status = u.status, status_reason
          AS u(id, status, reason, since, phone, qr, qr_exp, pc, pc_exp, lc, del, seq, upd)
     WHERE c.id = u.id";
 
-/// ORDER BY ord makes nextval() run in the order the events happened.
-const INSERT_SQL: &str = "INSERT INTO events (event_id, customer_id, mode, channel_id, sequence, event, occurred_at, data)
-    SELECT e, c, m, ch, s, n, a, d FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[],
-        $6::text[], $7::timestamptz[], $8::jsonb[]) WITH ORDINALITY AS t(e, c, m, ch, s, n, a, d, ord)
-    ORDER BY ord RETURNING id, event_id";
+/// ORDER BY ord makes nextval() run in the order the events happened. The same statement writes one webhook
+/// delivery per (event, matching endpoint), so a delivery exists exactly when its event does, and announces
+/// new deliveries to the dispatchers (only when there are some: a customer without endpoints pays one join
+/// against an empty index range).
+static INSERT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH ins AS (
+            INSERT INTO events (event_id, customer_id, mode, channel_id, sequence, event, occurred_at, data)
+            SELECT e, c, m, ch, s, n, a, d FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[],
+                $6::text[], $7::timestamptz[], $8::jsonb[]) WITH ORDINALITY AS t(e, c, m, ch, s, n, a, d, ord)
+            ORDER BY ord RETURNING id, event_id, event, channel_id, customer_id, mode),
+        dl AS ({} RETURNING 1),
+        woke AS (SELECT pg_notify('{}', '') FROM (SELECT 1 FROM dl LIMIT 1) AS any_delivery)
+        SELECT i.id, i.event_id, (SELECT count(*) FROM woke) FROM ins i",
+        crate::webhooks::deliveries::fanout_sql("ins"),
+        crate::webhooks::deliveries::NOTIFY_CHANNEL,
+    )
+});
 
 type Stored = (
     Status,
@@ -340,7 +353,7 @@ async fn commit_batch_inner(
     let select = client.prepare_cached(&SELECT_SQL).await?;
     let lease_check = client.prepare_cached(LEASES_SQL).await?;
     let update = client.prepare_cached(UPDATE_SQL).await?;
-    let insert = client.prepare_cached(INSERT_SQL).await?;
+    let insert = client.prepare_cached(&INSERT_SQL).await?;
     let seq_lookup = client.prepare_cached(SEQ_LOOKUP_SQL).await?;
     let seq_others = client.prepare_cached(SEQ_OTHERS_SQL).await?;
     let log_end = client.prepare_cached(LOG_END_SQL).await?;

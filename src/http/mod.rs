@@ -21,6 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+mod webhooks;
+
 pub struct ReqCtx {
     request_id: String,
     rate: Mutex<Option<RateInfo>>,
@@ -67,7 +69,7 @@ fn route_label(path: &str) -> String {
     }
     path.split('/')
         .map(|seg| {
-            if ["ch_", "key_", "evt_", "msg_"]
+            if ["ch_", "key_", "evt_", "msg_", "we_", "dlv_"]
                 .iter()
                 .any(|p| seg.starts_with(p))
             {
@@ -240,6 +242,30 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/api-keys", post(create_key).get(list_keys))
         .route("/v1/api-keys/{id}", axum::routing::delete(delete_key))
+        .route(
+            "/v1/webhook-endpoints",
+            post(webhooks::create_endpoint).get(webhooks::list_endpoints),
+        )
+        .route(
+            "/v1/webhook-endpoints/{id}",
+            get(webhooks::get_endpoint)
+                .patch(webhooks::update_endpoint)
+                .delete(webhooks::delete_endpoint),
+        )
+        .route(
+            "/v1/webhook-endpoints/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route(
+            "/v1/webhook-endpoints/{id}/recover",
+            post(webhooks::recover),
+        )
+        .route("/v1/webhook-deliveries", get(webhooks::list_deliveries))
+        .route("/v1/webhook-deliveries/{id}", get(webhooks::get_delivery))
+        .route(
+            "/v1/webhook-deliveries/{id}/redeliver",
+            post(webhooks::redeliver),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -511,6 +537,16 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
+    if let Ok(c) = app.pool.get().await
+        && let Ok(row) = c
+            .query_one(
+                "SELECT count(*) FROM webhook_deliveries WHERE status IN ('pending', 'retrying')",
+                &[],
+            )
+            .await
+    {
+        app.metrics.webhook_queue.set(row.get(0));
+    }
     if let Ok(c) = app.pool.get().await
         && let Ok(rows) = crate::store::channels::count_by_status(&c).await
     {

@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "inbound_dedup",
         include_str!("../../migrations/0004_inbound_dedup.sql"),
     ),
+    (
+        5,
+        "webhooks",
+        include_str!("../../migrations/0005_webhooks.sql"),
+    ),
 ];
 
 /// Serialises migrations (and the first-start bootstrap) across nodes starting together.

@@ -12,3 +12,4 @@ mod util;
 #[cfg(feature = "fake-whatsapp")]
 mod wa;
 mod wa_store;
+mod webhooks;
