@@ -15,6 +15,8 @@ pub struct Metrics {
     pub sessions: IntGauge,
     pub http: HistogramVec,
     pub journal_batch: Histogram,
+    pub messages_accepted: IntCounter,
+    pub messages_sent: IntCounter,
 }
 
 impl Metrics {
@@ -62,6 +64,16 @@ impl Metrics {
             ]),
         )
         .expect("valid");
+        let messages_accepted = IntCounter::new(
+            "messages_accepted_total",
+            "Outbound messages stored by this node's API",
+        )
+        .expect("valid");
+        let messages_sent = IntCounter::new(
+            "messages_sent_total",
+            "Outbound messages this node's sessions handed to WhatsApp",
+        )
+        .expect("valid");
         for kind in ["sse", "grpc"] {
             subscribers.with_label_values(&[kind]).set(0);
         }
@@ -74,6 +86,8 @@ impl Metrics {
             Box::new(sessions.clone()),
             Box::new(http.clone()),
             Box::new(journal_batch.clone()),
+            Box::new(messages_accepted.clone()),
+            Box::new(messages_sent.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -87,6 +101,8 @@ impl Metrics {
             sessions,
             http,
             journal_batch,
+            messages_accepted,
+            messages_sent,
         }
     }
 

@@ -6,6 +6,7 @@ pub mod customers;
 pub mod events;
 pub mod keys;
 pub mod leases;
+pub mod messages;
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -30,6 +31,12 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         4,
         "inbound_dedup",
         include_str!("../../migrations/0004_inbound_dedup.sql"),
+    ),
+    // 5 is taken by the webhooks branch.
+    (
+        6,
+        "messages",
+        include_str!("../../migrations/0006_messages.sql"),
     ),
 ];
 
