@@ -60,7 +60,7 @@ pub struct NewMessage<'a> {
 pub enum Inserted {
     New,
     /// The client_ref was used within its window: the original message.
-    Duplicate(MessageRow),
+    Duplicate(Box<MessageRow>),
 }
 
 /// How long a client_ref stays taken.
@@ -116,7 +116,7 @@ pub async fn insert(
         {
             let fresh: bool = r.get(13);
             if fresh {
-                return Ok(Inserted::Duplicate(MessageRow::from_row(&r)));
+                return Ok(Inserted::Duplicate(Box::new(MessageRow::from_row(&r))));
             }
             // Past the window: the old message keeps its history, the ref is free again.
             db.execute(
@@ -130,7 +130,7 @@ pub async fn insert(
     // Three rounds of conflicting inserts: someone else is racing with the same ref; their row wins.
     let sql = format!("SELECT {COLUMNS} FROM messages WHERE channel_id = $1 AND client_ref = $2");
     match db.query_opt(&sql, &[&m.channel_id, &m.client_ref]).await? {
-        Some(r) => Ok(Inserted::Duplicate(MessageRow::from_row(&r))),
+        Some(r) => Ok(Inserted::Duplicate(Box::new(MessageRow::from_row(&r)))),
         None => Ok(Inserted::New),
     }
 }
