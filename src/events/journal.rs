@@ -608,7 +608,17 @@ async fn commit_batch_inner(
             outcomes.push(OpOutcome::Fenced);
             continue;
         }
-        if w.row.deleted_at.is_some() && !op.delete {
+        // The sweep's failure of a message left queued on a deleted channel (accepted as it was deleted) is the
+        // one write a deleted channel still takes: otherwise the message would stay queued for good.
+        let late_failure = op.fence.is_none()
+            && op.transition.is_none()
+            && op.events.is_empty()
+            && !op.messages.is_empty()
+            && op
+                .messages
+                .iter()
+                .all(|m| m.change == MessageChange::Failed);
+        if w.row.deleted_at.is_some() && !op.delete && !late_failure {
             // A deleted channel takes no more changes; a session still running for it is stopped by the caller.
             outcomes.push(OpOutcome::Fenced);
             continue;

@@ -434,7 +434,8 @@ async fn client_ref_and_idempotency_key() {
     db.drop_db().await;
 }
 
-/// Queued sends fail when the phone revokes the device, or the channel is logged out; sent ones stay sent.
+/// Queued sends fail when the phone revokes the device, or the channel is logged out or deleted; sent ones stay
+/// sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_and_logout_fail_queued_sends() {
     let db = TestDb::new();
@@ -445,7 +446,7 @@ async fn revoke_and_logout_fail_queued_sends() {
     let gw = Gw::start(cfg).await;
     let keys = gw.customer("acme").await;
     let api = Api::new(&gw.base, &keys.test);
-    for how in ["revoke", "logout"] {
+    for how in ["revoke", "logout", "delete"] {
         let ch = api.connected_channel(how).await;
         let mut sse = Sse::open(
             &gw.base,
@@ -463,15 +464,18 @@ async fn revoke_and_logout_fail_queued_sends() {
             ids.push(r["message_id"].as_str().expect("id").to_string());
         }
         wait_message(&api, &ch, &ids[0], "sent").await;
-        let (s, r) = if how == "revoke" {
-            api.post(&format!("/v1/channels/{ch}/sandbox/revoke"), json!({}))
-                .await
-        } else {
-            api.post(&format!("/v1/channels/{ch}/logout"), json!({}))
-                .await
+        let (s, r) = match how {
+            "revoke" => {
+                api.post(&format!("/v1/channels/{ch}/sandbox/revoke"), json!({}))
+                    .await
+            }
+            "logout" => {
+                api.post(&format!("/v1/channels/{ch}/logout"), json!({}))
+                    .await
+            }
+            _ => api.delete(&format!("/v1/channels/{ch}")).await,
         };
         assert!(s == 200 || s == 202, "{r}");
-        api.wait_status(&ch, "disconnected", T).await;
         let mut failed = HashSet::new();
         while failed.len() < 2 {
             let f = sse.next(T).await.expect("message.status failed");
@@ -486,6 +490,13 @@ async fn revoke_and_logout_fail_queued_sends() {
             }
         }
         assert_eq!(failed, ids[1..].iter().cloned().collect::<HashSet<_>>());
+        if how == "delete" {
+            // A deleted channel is gone from the API; its messages too.
+            let (s, _) = api.get(&format!("{}/{}", msgs(&ch), ids[1])).await;
+            assert_eq!(s, 404);
+            continue;
+        }
+        api.wait_status(&ch, "disconnected", T).await;
         let m = wait_message(&api, &ch, &ids[1], "failed").await;
         assert_eq!(m["error"]["code"], "channel_unlinked");
         assert_eq!(history(&m), ["queued", "failed"]);
@@ -665,6 +676,7 @@ async fn kill9_with_1000_queued_sends_delivers_each_once() {
     assert_eq!((rows, distinct), (n as i64, n as i64), "each message once");
     // Only what was in flight at the crash (at most one read batch) was offered twice, and dropped.
     assert!(dups <= 100, "{dups} repeats");
+    eprintln!("kill -9 test: {rows} accepted, {dups} repeats dropped by the simulated server");
     let unmatched = count(
         &db,
         "SELECT count(*) FROM messages m LEFT JOIN sandbox_accepted s ON s.wa_id = m.wa_id WHERE s.wa_id IS NULL",
