@@ -34,6 +34,9 @@ CREATE UNIQUE INDEX messages_client_ref ON messages (channel_id, client_ref) WHE
 -- Status changes update rows in place.
 ALTER TABLE messages SET (fillfactor = 80);
 
+-- Per-channel pacing overrides (null: the server's WHATISUP_SEND_RATE_PER_SEC / WHATISUP_SEND_BURST).
+ALTER TABLE channels ADD COLUMN send_rate_per_sec double precision, ADD COLUMN send_burst int;
+
 -- Idempotency-Key: one row per (customer, key) for 24 h. A running request holds the row (state 'running'); a
 -- duplicate waits for its stored answer. request_hash covers method, path and body.
 CREATE TABLE idempotency_keys (

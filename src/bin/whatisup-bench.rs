@@ -754,10 +754,16 @@ async fn journal(args: &[String]) -> anyhow::Result<()> {
         let c = pool.get().await?;
         for i in 0..1000 {
             ids.push(
-                whatisup::store::channels::insert(&c, &p, &format!("j{i}"), &serde_json::json!({}))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?
-                    .id,
+                whatisup::store::channels::insert(
+                    &c,
+                    &p,
+                    &format!("j{i}"),
+                    &serde_json::json!({}),
+                    (None, None),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .id,
             );
         }
     }

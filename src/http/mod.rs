@@ -206,6 +206,8 @@ const CHANNEL_NULLABLE: &[&str] = &[
     "phone_number",
     "last_connected_at",
     "deleted_at",
+    "send_rate_per_sec",
+    "send_burst",
 ];
 const KEY_NULLABLE: &[&str] = &["channel_id", "expires_at", "last_used_at"];
 const MESSAGE_NULLABLE: &[&str] = &["client_ref", "reply_to", "error", "sent_at"];

@@ -591,8 +591,21 @@ impl Session {
 
     /// Reads where the channel stands; a resumed `connected` channel is not connected at this moment.
     async fn begin(&mut self, start: Start) -> Option<Outcome> {
-        match self.current_status().await {
-            Some(s) => self.status = s,
+        match self.current().await {
+            Some(ch) => {
+                self.status = ch.status;
+                // The channel's own pacing, where it has one.
+                if ch.send_rate_per_sec.is_some() || ch.send_burst.is_some() {
+                    let burst = ch
+                        .send_burst
+                        .and_then(|b| u32::try_from(b).ok())
+                        .unwrap_or(self.node.cfg.send_burst);
+                    let rate = ch
+                        .send_rate_per_sec
+                        .unwrap_or(self.node.cfg.send_rate_per_sec);
+                    self.outbox = Arc::new(outbox::Shared::new(rate, burst));
+                }
+            }
             None => return Some(Outcome::Fenced),
         }
         if start == Start::Resume && self.status == Status::Connected {
@@ -671,13 +684,12 @@ impl Session {
         }
     }
 
-    async fn current_status(&self) -> Option<Status> {
+    async fn current(&self) -> Option<store::channels::ChannelRow> {
         let client = self.node.pool.get().await.ok()?;
         store::channels::get_any(&client, &self.channel_id)
             .await
             .ok()?
             .filter(|c| c.deleted_at.is_none())
-            .map(|c| c.status)
     }
 
     async fn load_state(&self) -> Result<Option<Vec<u8>>, Outcome> {

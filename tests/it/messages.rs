@@ -589,6 +589,62 @@ async fn pacing_respects_the_rate_limit() {
     db.drop_db().await;
 }
 
+/// A channel's own pacing overrides the server's: here the server paces at one message per ~17 minutes, the
+/// channel not at all. The override shows on the channel and is validated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_channel_pacing_overrides_the_default() {
+    let db = TestDb::new();
+    let mut cfg = config(&db);
+    cfg.send_rate_per_sec = 0.001;
+    cfg.send_burst = 1;
+    let gw = Gw::start(cfg).await;
+    let keys = gw.customer("acme").await;
+    let api = Api::new(&gw.base, &keys.test);
+    for (body, field) in [
+        (
+            json!({"name": "x", "send_rate_per_sec": -1}),
+            "send_rate_per_sec",
+        ),
+        (json!({"name": "x", "send_burst": 0}), "send_burst"),
+    ] {
+        let (s, r) = api.post("/v1/channels", body).await;
+        assert_eq!(s, 400, "{r}");
+        assert_eq!(r["error"]["details"]["field"], field);
+    }
+    let (s, ch) = api
+        .post(
+            "/v1/channels",
+            json!({"name": "fast", "send_rate_per_sec": 0, "send_burst": 1}),
+        )
+        .await;
+    assert_eq!(s, 201, "{ch}");
+    assert_eq!(ch["send_rate_per_sec"], 0.0);
+    assert_eq!(ch["send_burst"], 1);
+    let id = ch["id"].as_str().expect("id").to_string();
+    let (s, r) = api.get(&format!("/v1/channels/{id}/qr?wait=10")).await;
+    assert_eq!(s, 200, "{r}");
+    let (s, r) = api
+        .post(&format!("/v1/channels/{id}/sandbox/scan"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    api.wait_status(&id, "connected", T).await;
+    let mut last = String::new();
+    for i in 0..5 {
+        let (s, r) = api
+            .post(&msgs(&id), text("+15551230011", &format!("f{i}")))
+            .await;
+        assert_eq!(s, 202, "{r}");
+        last = r["message_id"].as_str().expect("id").to_string();
+    }
+    wait_message(&api, &id, &last, "sent").await;
+    assert_eq!(accepted(&api, &id).await.len(), 5);
+    // A channel without an override gets the default.
+    let (_, plain) = api.post("/v1/channels", json!({"name": "plain"})).await;
+    assert_eq!(plain["send_rate_per_sec"], Value::Null);
+    gw.stop().await;
+    db.drop_db().await;
+}
+
 /// 1,000 sends queued while the simulated network is down; kill -9 with all of them queued, restart, kill -9
 /// again in the middle of the drain, restart: every message reaches the simulated server exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
