@@ -122,6 +122,28 @@ pub struct Config {
     /// Webhooks: how often the dispatcher looks for due deliveries when no notification woke it.
     #[arg(long, env = "WHATISUP_WEBHOOK_POLL_MS", default_value_t = 1_000)]
     pub webhook_poll_ms: u64,
+    /// Outbound pacing per channel (anti-ban): messages per second; 0 turns pacing off (benchmarks).
+    #[arg(long, env = "WHATISUP_SEND_RATE_PER_SEC", default_value_t = 1.0)]
+    pub send_rate_per_sec: f64,
+    /// Outbound pacing per channel: messages that may go out back to back before the rate applies.
+    #[arg(long, env = "WHATISUP_SEND_BURST", default_value_t = 5)]
+    pub send_burst: u32,
+    /// A queued message not sent within this time fails (`message.status` failed, error `expired`).
+    #[arg(long, env = "WHATISUP_MESSAGE_TTL_SECS", default_value_t = 86_400)]
+    pub message_ttl_secs: u64,
+    /// Most queued (unsent) messages per channel; more answer 429.
+    #[arg(
+        long,
+        env = "WHATISUP_OUTBOX_MAX_PER_CHANNEL",
+        default_value_t = 10_000
+    )]
+    pub outbox_max_per_channel: i64,
+    /// How long one send to WhatsApp may take before the connection is treated as lost.
+    #[arg(long, env = "WHATISUP_SEND_TIMEOUT_MS", default_value_t = 30_000)]
+    pub send_timeout_ms: u64,
+    /// How often a node expires old queued messages and wakes the senders of its sessions.
+    #[arg(long, env = "WHATISUP_OUTBOX_SWEEP_MS", default_value_t = 5_000)]
+    pub outbox_sweep_ms: u64,
     /// Print the bootstrap keys on first start (tests turn it off).
     #[arg(skip = true)]
     pub print_bootstrap_keys: bool,
@@ -140,6 +162,10 @@ impl Config {
 
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms.max(1_000))
+    }
+
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms.max(100))
     }
 
     pub fn lease_scan(&self) -> Duration {

@@ -23,6 +23,7 @@ pub enum Code {
     NoQr,
     NotSandbox,
     ConcurrentModification,
+    IdempotencyConflict,
     PayloadTooLarge,
     RateLimited,
     Internal,
@@ -50,6 +51,7 @@ impl Code {
             Code::NoQr => "no_qr",
             Code::NotSandbox => "not_sandbox",
             Code::ConcurrentModification => "concurrent_modification",
+            Code::IdempotencyConflict => "idempotency_conflict",
             Code::PayloadTooLarge => "payload_too_large",
             Code::RateLimited => "rate_limited",
             Code::Internal => "internal",
@@ -73,7 +75,8 @@ impl Code {
             | NotConnected
             | NoQr
             | NotSandbox
-            | ConcurrentModification => StatusCode::CONFLICT,
+            | ConcurrentModification
+            | IdempotencyConflict => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -97,6 +100,7 @@ impl Code {
                 tonic::Code::FailedPrecondition
             }
             ConcurrentModification => tonic::Code::Aborted,
+            IdempotencyConflict => tonic::Code::AlreadyExists,
             PayloadTooLarge => tonic::Code::InvalidArgument,
             RateLimited => tonic::Code::ResourceExhausted,
             Internal => tonic::Code::Internal,

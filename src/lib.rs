@@ -135,11 +135,14 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
     let metrics = Arc::new(metrics::Metrics::new());
     let journal = events::Journal::spawn(&cfg.database_url, metrics.clone())?;
     let hub = Arc::new(events::Hub::new());
-    let sandbox: Arc<dyn Engine> = Arc::new(SandboxEngine::new(SandboxConfig {
-        connect: Duration::from_millis(cfg.sandbox_connect_ms),
-        qr_ttl: Duration::from_millis(cfg.sandbox_qr_ttl_ms.max(100)),
-        qr_count: cfg.sandbox_qr_count,
-    }));
+    let sandbox: Arc<dyn Engine> = Arc::new(
+        SandboxEngine::new(SandboxConfig {
+            connect: Duration::from_millis(cfg.sandbox_connect_ms),
+            qr_ttl: Duration::from_millis(cfg.sandbox_qr_ttl_ms.max(100)),
+            qr_count: cfg.sandbox_qr_count,
+        })
+        .with_store(pool.clone()),
+    );
     let whatsapp: Arc<dyn Engine> = Arc::new(WhatsAppEngine::new(
         pool.clone(),
         keys.clone(),
@@ -197,6 +200,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
     }
     tokio::spawn(node.clone().renew_loop());
     tokio::spawn(node.clone().scan_loop());
+    tokio::spawn(node.clone().outbox_loop());
 
     let stop = CancellationToken::new();
     let router = build_router(app.clone(), stop.clone())?;
@@ -223,13 +227,13 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
 
 fn build_router(app: Arc<App>, stop: CancellationToken) -> anyhow::Result<axum::Router> {
     use crate::api::{
-        channels::ChannelGrpc, events::EventGrpc, keys::ApiKeyGrpc, sandbox::SandboxGrpc,
-        webhooks::WebhookGrpc,
+        channels::ChannelGrpc, events::EventGrpc, keys::ApiKeyGrpc, messages::MessageGrpc,
+        sandbox::SandboxGrpc, webhooks::WebhookGrpc,
     };
     use crate::pb::{
         api_key_service_server::ApiKeyServiceServer, channel_service_server::ChannelServiceServer,
-        event_service_server::EventServiceServer, sandbox_service_server::SandboxServiceServer,
-        webhook_service_server::WebhookServiceServer,
+        event_service_server::EventServiceServer, message_service_server::MessageServiceServer,
+        sandbox_service_server::SandboxServiceServer, webhook_service_server::WebhookServiceServer,
     };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     // Serving from the start: /readyz is the readiness check that also asks the database.
@@ -252,7 +256,8 @@ fn build_router(app: Arc<App>, stop: CancellationToken) -> anyhow::Result<axum::
         .add_service(SandboxServiceServer::new(SandboxGrpc(app.clone())))
         .add_service(EventServiceServer::new(EventGrpc(app.clone())))
         .add_service(ApiKeyServiceServer::new(ApiKeyGrpc(app.clone())))
-        .add_service(WebhookServiceServer::new(WebhookGrpc(app.clone())));
+        .add_service(WebhookServiceServer::new(WebhookGrpc(app.clone())))
+        .add_service(MessageServiceServer::new(MessageGrpc(app.clone())));
     let router = grpc
         .routes()
         .into_axum_router()

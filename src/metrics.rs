@@ -19,6 +19,8 @@ pub struct Metrics {
     pub webhook_attempts: IntCounterVec,
     pub webhook_attempt_seconds: Histogram,
     pub webhook_delivery_latency: Histogram,
+    pub messages_accepted: IntCounter,
+    pub messages_sent: IntCounter,
 }
 
 impl Metrics {
@@ -99,6 +101,16 @@ impl Metrics {
         for outcome in ["success", "http_error", "network_error", "gone"] {
             webhook_attempts.with_label_values(&[outcome]);
         }
+        let messages_accepted = IntCounter::new(
+            "messages_accepted_total",
+            "Outbound messages stored by this node's API",
+        )
+        .expect("valid");
+        let messages_sent = IntCounter::new(
+            "messages_sent_total",
+            "Outbound messages this node's sessions handed to WhatsApp",
+        )
+        .expect("valid");
         for kind in ["sse", "grpc"] {
             subscribers.with_label_values(&[kind]).set(0);
         }
@@ -115,6 +127,8 @@ impl Metrics {
             Box::new(webhook_attempts.clone()),
             Box::new(webhook_attempt_seconds.clone()),
             Box::new(webhook_delivery_latency.clone()),
+            Box::new(messages_accepted.clone()),
+            Box::new(messages_sent.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -132,6 +146,8 @@ impl Metrics {
             webhook_attempts,
             webhook_attempt_seconds,
             webhook_delivery_latency,
+            messages_accepted,
+            messages_sent,
         }
     }
 

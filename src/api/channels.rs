@@ -72,9 +72,24 @@ impl App {
                 format!("metadata is larger than {MAX_METADATA_BYTES} bytes"),
             ));
         }
+        if let Some(rate) = req.send_rate_per_sec
+            && !(rate.is_finite() && (0.0..=1000.0).contains(&rate))
+        {
+            return Err(ApiError::invalid(
+                "send_rate_per_sec",
+                "send_rate_per_sec is 0 (no pacing) to 1000 messages per second",
+            ));
+        }
+        let burst = match req.send_burst {
+            None => None,
+            Some(b @ 1..=1000) => Some(b as i32),
+            Some(_) => {
+                return Err(ApiError::invalid("send_burst", "send_burst is 1 to 1000"));
+            }
+        };
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let ch = store::insert(&tx, p, name, &metadata).await?;
+        let ch = store::insert(&tx, p, name, &metadata, (req.send_rate_per_sec, burst)).await?;
         crate::store::audit::insert(
             &tx,
             &crate::store::audit::Audit {

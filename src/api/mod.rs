@@ -4,6 +4,7 @@
 pub mod channels;
 pub mod events;
 pub mod keys;
+pub mod messages;
 pub mod sandbox;
 pub mod webhooks;
 

@@ -8,6 +8,7 @@
 //!   whatisup-bench wa [--channels 100] [--messages 5000] [--idle-secs 30]
 //!   whatisup-bench webhooks [--receivers 1,10] [--deliveries 20000] [--rate 1000] [--seconds 20]
 //!                           [--backlog 100000] [--soak-secs 0]
+//!   whatisup-bench messages [--messages 20000] [--conc 64] [--latency-messages 2000] [--latency-rate 200]
 //!
 //! `wa` runs the real WhatsApp engine against the fake WhatsApp server (the `fakewa` binary next to this one).
 //! It needs both built for it: `cargo build --release --features fake-whatsapp --bins && cargo build --release
@@ -755,10 +756,16 @@ async fn journal(args: &[String]) -> anyhow::Result<()> {
         let c = pool.get().await?;
         for i in 0..1000 {
             ids.push(
-                whatisup::store::channels::insert(&c, &p, &format!("j{i}"), &serde_json::json!({}))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?
-                    .id,
+                whatisup::store::channels::insert(
+                    &c,
+                    &p,
+                    &format!("j{i}"),
+                    &serde_json::json!({}),
+                    (None, None),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .id,
             );
         }
     }
@@ -1464,6 +1471,245 @@ async fn webhooks(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The outbox on one node (sandbox, pacing off):
+/// 1. durable sends accepted per second and the accept latency (p50/p99), while the channel is away (nothing
+///    drains), beside the raw single-row INSERT rate of the same database at the same concurrency;
+/// 2. the drain rate into the sandbox after a restart (every accepted message sent once);
+/// 3. accept → `message.sent` latency on a connected channel at a steady rate.
+async fn count_sent(pg: &tokio_postgres::Client) -> anyhow::Result<i64> {
+    Ok(pg
+        .query_one(
+            "SELECT count(*) FROM messages WHERE status <> 'queued'",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+async fn messages(args: &[String]) -> anyhow::Result<()> {
+    let n: usize = arg(args, "--messages", "20000").parse()?;
+    let conc: usize = arg(args, "--conc", "64").parse()?;
+    let lat_n: usize = arg(args, "--latency-messages", "2000").parse()?;
+    let lat_rate: u64 = arg(args, "--latency-rate", "200").parse()?;
+    let db = BenchDb::new();
+    let env: &[(&str, &str)] = &[
+        ("WHATISUP_SEND_RATE_PER_SEC", "0"),
+        ("WHATISUP_OUTBOX_MAX_PER_CHANNEL", "100000000"),
+        ("WHATISUP_LEASE_TTL_MS", "2000"),
+        ("WHATISUP_LEASE_SCAN_MS", "100"),
+    ];
+    let gw = Gateway::spawn(&db, env).await?;
+    let key = gw.test_key.clone().context("bootstrap key")?;
+    let pg = db.client().await?;
+    let ids = connect_channels(&gw, &key, 1, 1).await?;
+    wait_connected(&pg, 1, Duration::from_secs(30)).await?;
+    let ch = ids[0].clone();
+    let c = http();
+    post(
+        &c,
+        format!("{}/v1/channels/{ch}/sandbox/drop", gw.base),
+        &key,
+        serde_json::json!({"duration_ms": 600000}),
+    )
+    .await?;
+
+    // 1. Accepts.
+    let url = format!("{}/v1/channels/{ch}/messages", gw.base);
+    let t = Instant::now();
+    let lats: Vec<anyhow::Result<u32>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let (c, url, key) = (c.clone(), url.clone(), key.clone());
+            async move {
+                let t = Instant::now();
+                post(
+                    &c,
+                    url,
+                    &key,
+                    serde_json::json!({"to": "+15551230000", "type": "text", "text": format!("bench {i}")}),
+                )
+                .await?;
+                Ok(t.elapsed().as_micros() as u32)
+            }
+        })
+        .buffer_unordered(conc)
+        .collect()
+        .await;
+    let accept_secs = t.elapsed().as_secs_f64();
+    let mut lat = Lat(lats.into_iter().collect::<anyhow::Result<Vec<_>>>()?);
+    println!(
+        "accept: {n} durable sends in {accept_secs:.2} s = {:.0}/s at concurrency {conc}; latency p50 {:.2} ms, p99 {:.2} ms",
+        n as f64 / accept_secs,
+        lat.pct(0.5),
+        lat.pct(0.99)
+    );
+    // The same database, the same concurrency, one single-row INSERT per commit: the ceiling for comparison.
+    pg.batch_execute(
+        "CREATE TABLE bench_raw (id text PRIMARY KEY, channel_id text, body jsonb, created_at timestamptz DEFAULT now())",
+    )
+    .await?;
+    let mut conns = Vec::new();
+    for _ in 0..conc.min(64) {
+        conns.push(Arc::new(db.client().await?));
+    }
+    let t = Instant::now();
+    let done: Vec<anyhow::Result<()>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let conn = conns[i % conns.len()].clone();
+            let ch = ch.clone();
+            async move {
+                conn.execute(
+                    "INSERT INTO bench_raw (id, channel_id, body) VALUES ($1, $2, $3)",
+                    &[
+                        &format!("raw_{i}"),
+                        &ch,
+                        &serde_json::json!({"text": format!("bench {i}")}),
+                    ],
+                )
+                .await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(conc)
+        .collect()
+        .await;
+    done.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let raw_secs = t.elapsed().as_secs_f64();
+    println!(
+        "raw INSERT (same database, concurrency {}): {n} rows in {raw_secs:.2} s = {:.0}/s",
+        conns.len(),
+        n as f64 / raw_secs
+    );
+
+    // 2. Drain after a restart (the simulated network is up again in the new process).
+    gw.terminate().await?;
+    let t = Instant::now();
+    let gw = Gateway::spawn(&db, env).await?;
+    while count_sent(&pg).await? < n as i64 {
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!("only {} of {n} sent after 600 s", count_sent(&pg).await?);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drain_secs = t.elapsed().as_secs_f64();
+    let row = pg
+        .query_one(
+            "SELECT count(*), coalesce(sum(duplicates), 0)::int8 FROM sandbox_accepted",
+            &[],
+        )
+        .await?;
+    let (accepted, dups): (i64, i64) = (row.get(0), row.get(1));
+    println!(
+        "drain: {n} sent in {drain_secs:.2} s from the restart = {:.0}/s; the sandbox accepted {accepted} ({dups} repeats)",
+        n as f64 / drain_secs
+    );
+
+    // 3. Accept → message.sent.
+    let key = key.clone();
+    let sent_at: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let lat3: Arc<std::sync::Mutex<Lat>> = Arc::default();
+    let posted: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let resp = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/events?channel_id={ch}&events=message.sent",
+            gw.base
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("sse: {}", resp.status());
+    }
+    let reader = {
+        let (sent_at, posted, lat3) = (sent_at.clone(), posted.clone(), lat3.clone());
+        tokio::spawn(async move {
+            let mut stream = resp.bytes_stream();
+            let mut buf = String::new();
+            while let Some(Ok(chunk)) = stream.next().await {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let block: String = buf.drain(..end + 2).collect();
+                    let Some(i) = block.find("\"message_id\":\"") else {
+                        continue;
+                    };
+                    let id: String = block[i + 14..].chars().take_while(|c| *c != '"').collect();
+                    let now = Instant::now();
+                    match posted.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+                        Some(t) => lat3
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                            .push(now.duration_since(*t).as_micros() as u32),
+                        None => {
+                            sent_at
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(id, now);
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / lat_rate.max(1)));
+    let mut tasks = Vec::with_capacity(lat_n);
+    for i in 0..lat_n {
+        tick.tick().await;
+        let (c, url, key, posted, sent_at, lat3) = (
+            c.clone(),
+            url.clone(),
+            key.clone(),
+            posted.clone(),
+            sent_at.clone(),
+            lat3.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = post(
+                &c,
+                url,
+                &key,
+                serde_json::json!({"to": "+15551230000", "type": "text", "text": format!("latency {i}")}),
+            )
+            .await?;
+            let id = r["message_id"].as_str().unwrap_or_default().to_string();
+            // The event may have come before the answer.
+            let early = sent_at.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            match early {
+                Some(at) => lat3
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+                    .push(at.saturating_duration_since(t).as_micros() as u32),
+                None => {
+                    posted.lock().unwrap_or_else(|e| e.into_inner()).insert(id, t);
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let t = Instant::now();
+    while lat3.lock().unwrap_or_else(|e| e.into_inner()).0.len() < lat_n {
+        if t.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reader.abort();
+    let mut l = std::mem::take(&mut *lat3.lock().unwrap_or_else(|e| e.into_inner()));
+    println!(
+        "accept → message.sent at {lat_rate}/s: {} of {lat_n} seen; p50 {:.2} ms, p99 {:.2} ms",
+        l.0.len(),
+        l.pct(0.5),
+        l.pct(0.99)
+    );
+    gw.terminate().await?;
+    db.drop_db().await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -1474,9 +1720,10 @@ async fn main() -> anyhow::Result<()> {
         Some("journal") => journal(&args).await,
         Some("wa") => wa(&args).await,
         Some("webhooks") => webhooks(&args).await,
+        Some("messages") => messages(&args).await,
         _ => {
             eprintln!(
-                "usage: whatisup-bench sessions|fanout|fanout-scale|journal|wa|webhooks [options] (see the file header)"
+                "usage: whatisup-bench sessions|fanout|fanout-scale|journal|wa|webhooks|messages [options] (see the file header)"
             );
             std::process::exit(2);
         }

@@ -177,12 +177,37 @@ pub trait Engine: Send + Sync + 'static {
     }
 }
 
+/// An outbound message as the engine sends it.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// E.164 or "<id>@g.us".
+    pub to: &'a str,
+    /// The WhatsApp id, fixed before the first attempt; every attempt carries it.
+    pub message_id: &'a str,
+    pub text: &'a str,
+    pub reply_to: Option<Quoted<'a>>,
+}
+
+/// The message a reply quotes.
+#[derive(Debug, Clone, Copy)]
+pub struct Quoted<'a> {
+    /// Its WhatsApp id.
+    pub message_id: &'a str,
+    /// Its author (E.164) when someone else wrote it; None for our own message.
+    pub participant: Option<&'a str>,
+}
+
 #[async_trait]
 pub trait EngineSession: Send + Sync {
     async fn request_pair_code(&self, phone_number: &str) -> Result<(), EngineError>;
     /// Sends a text to an E.164 number under `message_id`, fixed by the caller before the send (see
     /// [`new_message_id`]) so that a send interrupted by a crash can be recognised, not repeated.
     async fn send_text(&self, to: &str, text: &str, message_id: &str) -> Result<(), EngineError>;
+    /// Sends an outbound message (a text, possibly quoting another). A send repeated with the same id (after a
+    /// crash) is dropped by WhatsApp's servers as a duplicate.
+    async fn send(&self, m: &Outgoing<'_>) -> Result<(), EngineError> {
+        self.send_text(m.to, m.text, m.message_id).await
+    }
     /// Unlinks the device from the account.
     async fn logout(&self) -> Result<(), EngineError>;
     /// Closes the connection after flushing; emits nothing more.

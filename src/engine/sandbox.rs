@@ -37,6 +37,8 @@ struct Device {
 
 pub struct SandboxEngine {
     cfg: SandboxConfig,
+    /// The simulated WhatsApp server's memory of accepted message ids (shared by every node, survives restarts).
+    store: Option<deadpool_postgres::Pool>,
     /// Channels whose simulated network is down, until when (a `drop`).
     down: Arc<Mutex<HashMap<String, Instant>>>,
 }
@@ -45,8 +47,16 @@ impl SandboxEngine {
     pub fn new(cfg: SandboxConfig) -> SandboxEngine {
         SandboxEngine {
             cfg,
+            store: None,
             down: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Accepted sends are recorded in `sandbox_accepted`; a repeated id is counted as a duplicate, not accepted
+    /// again (WhatsApp's servers drop a message id they already have).
+    pub fn with_store(mut self, pool: deadpool_postgres::Pool) -> SandboxEngine {
+        self.store = Some(pool);
+        self
     }
 
     fn network_down(&self, channel_id: &str) -> bool {
@@ -82,8 +92,14 @@ impl Engine for SandboxEngine {
             down: self.down.clone(),
             stop: stop.clone(),
         };
+        let channel_id = phone.channel_id.clone();
         tokio::spawn(phone.run(req.state, rx));
-        Ok(Box::new(SandboxSession { ctl, stop }))
+        Ok(Box::new(SandboxSession {
+            ctl,
+            stop,
+            channel_id,
+            store: self.store.clone(),
+        }))
     }
 }
 
@@ -100,6 +116,8 @@ type Reply = oneshot::Sender<Result<Option<String>, EngineError>>;
 struct SandboxSession {
     ctl: mpsc::Sender<(Ctl, Reply)>,
     stop: CancellationToken,
+    channel_id: String,
+    store: Option<deadpool_postgres::Pool>,
 }
 
 impl SandboxSession {
@@ -122,8 +140,40 @@ impl EngineSession for SandboxSession {
             .map(|_| ())
     }
 
-    async fn send_text(&self, _to: &str, _text: &str, _id: &str) -> Result<(), EngineError> {
-        self.call(Ctl::Send).await.map(|_| ())
+    async fn send_text(&self, to: &str, text: &str, id: &str) -> Result<(), EngineError> {
+        self.send(&super::Outgoing {
+            to,
+            message_id: id,
+            text,
+            reply_to: None,
+        })
+        .await
+    }
+
+    async fn send(&self, m: &super::Outgoing<'_>) -> Result<(), EngineError> {
+        // The phone must be paired and online; a session that ended is a lost connection, retried later.
+        self.call(Ctl::Send).await.map_err(|e| match e {
+            EngineError::InvalidState(m) => EngineError::Network(m),
+            other => other,
+        })?;
+        let Some(pool) = &self.store else {
+            return Ok(());
+        };
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| EngineError::Network(format!("simulated server: {e}")))?;
+        let body =
+            serde_json::json!({"text": m.text, "reply_to": m.reply_to.map(|q| q.message_id)});
+        client
+            .execute(
+                "INSERT INTO sandbox_accepted (channel_id, wa_id, to_addr, body) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (channel_id, wa_id) DO UPDATE SET duplicates = sandbox_accepted.duplicates + 1",
+                &[&self.channel_id, &m.message_id, &m.to, &body],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| EngineError::Network(format!("simulated server: {e}")))
     }
 
     async fn logout(&self) -> Result<(), EngineError> {

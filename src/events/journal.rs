@@ -70,7 +70,85 @@ pub struct Op {
     pub events: Vec<(&'static str, Value)>,
     pub release: Release,
     pub audit: Option<AuditEntry>,
+    /// Status changes of outbound messages; each write's events are committed only if the write applies.
+    pub messages: Vec<MessageWrite>,
 }
+
+/// What happened to an outbound message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageChange {
+    /// WhatsApp's server accepted it.
+    Sent,
+    Receipt(crate::engine::ReceiptStatus),
+    /// Only a message still queued can fail.
+    Failed,
+}
+
+impl MessageChange {
+    pub fn status(self) -> &'static str {
+        match self {
+            MessageChange::Sent => "sent",
+            MessageChange::Receipt(r) => r.as_str(),
+            MessageChange::Failed => "failed",
+        }
+    }
+
+    /// Statuses only move forward: queued 0, sent 1, delivered 2, read 3, played 4, failed 9.
+    pub fn rank(self) -> i16 {
+        use crate::engine::ReceiptStatus::*;
+        match self {
+            MessageChange::Sent => 1,
+            MessageChange::Receipt(Delivered) => 2,
+            MessageChange::Receipt(Read) => 3,
+            MessageChange::Receipt(Played) => 4,
+            MessageChange::Failed => 9,
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            MessageChange::Sent => "sent",
+            MessageChange::Receipt(_) => "receipt",
+            MessageChange::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct MessageWrite {
+    /// Our id ("msg_...").
+    pub message_id: String,
+    pub change: MessageChange,
+    /// `{"code", "message"}` for a failure.
+    pub error: Option<Value>,
+    pub at: DateTime<Utc>,
+    /// Committed only if the change applies (a receipt for a status already passed adds nothing).
+    pub events: Vec<(&'static str, Value)>,
+}
+
+/// Applies message writes in one statement. A write applies only as a forward move: `sent` once, a receipt past
+/// the current status, `failed` only while queued; nothing changes a failed message.
+const MESSAGE_UPDATE_SQL: &str = "UPDATE messages m SET
+        status = CASE WHEN u.rank > m.rank THEN u.status ELSE m.status END,
+        rank = greatest(m.rank, u.rank),
+        sent_at = CASE WHEN u.kind = 'sent' THEN u.at ELSE m.sent_at END,
+        error = CASE WHEN u.kind = 'failed' THEN u.error ELSE m.error END,
+        history = m.history || jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+            'status', u.status, 'at', u.at_s, 'error', u.error))),
+        updated_at = now()
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::timestamptz[], $6::text[], $7::jsonb[], $8::text[])
+         AS u(id, kind, status, rank, at, at_s, error, ch)
+    WHERE m.id = u.id AND m.channel_id = u.ch AND m.rank <> 9 AND (
+        (u.kind = 'sent' AND m.sent_at IS NULL)
+        OR (u.kind = 'receipt' AND m.rank < u.rank)
+        OR (u.kind = 'failed' AND m.rank = 0))
+    RETURNING m.id";
+
+/// A channel that is logged out or deleted sends nothing more: its queued messages fail with it.
+const FAIL_QUEUED_SQL: &str = "UPDATE messages m SET status = 'failed', rank = 9, error = $2::jsonb, updated_at = now(),
+        history = m.history || jsonb_build_array(jsonb_build_object('status', 'failed', 'at', $3::text, 'error', $2::jsonb))
+    WHERE m.channel_id = $1 AND m.rank = 0
+    RETURNING m.id, m.client_ref, m.to_addr, m.wa_id";
 
 #[derive(Debug)]
 pub struct AuditEntry {
@@ -318,6 +396,71 @@ enum SideWrite<'a> {
     Audit(&'a str, &'a AuditEntry, String, &'static str),
 }
 
+/// An op that passed its checks, before its events are numbered.
+struct Staged<'a> {
+    outcome: usize,
+    channel_id: &'a str,
+    names: Vec<(String, Value)>,
+    messages: &'a [MessageWrite],
+    fail_queued: bool,
+}
+
+/// Runs the staged message writes; returns the (staged op, write) pairs that applied. A message written twice in
+/// one batch is written in rounds, so that each write sees the previous one.
+async fn apply_message_writes(
+    tx: &tokio_postgres::Transaction<'_>,
+    staged: &[Staged<'_>],
+) -> anyhow::Result<std::collections::HashSet<(usize, usize)>> {
+    let mut applied = std::collections::HashSet::new();
+    let mut left: Vec<(usize, usize, &MessageWrite)> = staged
+        .iter()
+        .enumerate()
+        .flat_map(|(si, st)| {
+            st.messages
+                .iter()
+                .enumerate()
+                .map(move |(wi, m)| (si, wi, m))
+        })
+        .collect();
+    while !left.is_empty() {
+        let mut seen = std::collections::HashSet::new();
+        let (round, rest): (Vec<_>, Vec<_>) = left
+            .into_iter()
+            .partition(|(_, _, m)| seen.insert(m.message_id.as_str()));
+        left = rest;
+        let ids: Vec<&str> = round
+            .iter()
+            .map(|(_, _, m)| m.message_id.as_str())
+            .collect();
+        let kinds: Vec<&str> = round.iter().map(|(_, _, m)| m.change.kind()).collect();
+        let statuses: Vec<&str> = round.iter().map(|(_, _, m)| m.change.status()).collect();
+        let ranks: Vec<i16> = round.iter().map(|(_, _, m)| m.change.rank()).collect();
+        let ats: Vec<DateTime<Utc>> = round.iter().map(|(_, _, m)| m.at).collect();
+        let at_s: Vec<String> = round
+            .iter()
+            .map(|(_, _, m)| crate::wkt::rfc3339(m.at))
+            .collect();
+        let errors: Vec<Option<&Value>> = round.iter().map(|(_, _, m)| m.error.as_ref()).collect();
+        let chs: Vec<&str> = round
+            .iter()
+            .map(|(si, _, _)| staged[*si].channel_id)
+            .collect();
+        let rows = tx
+            .query(
+                MESSAGE_UPDATE_SQL,
+                &[&ids, &kinds, &statuses, &ranks, &ats, &at_s, &errors, &chs],
+            )
+            .await?;
+        let done: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+        for (si, wi, m) in round {
+            if done.contains(&m.message_id) {
+                applied.insert((si, wi));
+            }
+        }
+    }
+    Ok(applied)
+}
+
 /// A channel as the batch sees it: read once (locked), changed in memory op by op, written once.
 struct Working {
     row: ChannelRow,
@@ -466,6 +609,7 @@ async fn commit_batch_inner(
     let mut pending: Vec<PendingEvent> = Vec::new();
     let mut spans: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
     let mut side: Vec<SideWrite<'_>> = Vec::new();
+    let mut staged: Vec<Staged<'_>> = Vec::new();
     for op in ops {
         let Some(w) = work.get_mut(&op.channel_id) else {
             outcomes.push(OpOutcome::NotFound);
@@ -477,7 +621,17 @@ async fn commit_batch_inner(
             outcomes.push(OpOutcome::Fenced);
             continue;
         }
-        if w.row.deleted_at.is_some() && !op.delete {
+        // The sweep's failure of a message left queued on a deleted channel (accepted as it was deleted) is the
+        // one write a deleted channel still takes: otherwise the message would stay queued for good.
+        let late_failure = op.fence.is_none()
+            && op.transition.is_none()
+            && op.events.is_empty()
+            && !op.messages.is_empty()
+            && op
+                .messages
+                .iter()
+                .all(|m| m.change == MessageChange::Failed);
+        if w.row.deleted_at.is_some() && !op.delete && !late_failure {
             // A deleted channel takes no more changes; a session still running for it is stopped by the caller.
             outcomes.push(OpOutcome::Fenced);
             continue;
@@ -586,8 +740,56 @@ async fn commit_batch_inner(
             ));
         }
 
+        // The channel stops for good: its queued messages fail in this transaction (below).
+        let fail_queued = (changed_status && row.status == Status::Disconnected)
+            || (op.delete && before.8.is_none());
+        staged.push(Staged {
+            outcome: outcomes.len(),
+            channel_id: &op.channel_id,
+            names,
+            messages: &op.messages,
+            fail_queued,
+        });
+        outcomes.push(OpOutcome::Applied {
+            channel: w.row.clone(),
+            from,
+            events: Vec::new(),
+        });
+    }
+
+    // Message writes of the ops that passed their checks, batched; only the writes that apply add events.
+    let applied = apply_message_writes(&tx, &staged).await?;
+    for (si, st) in staged.iter_mut().enumerate() {
+        for (wi, mw) in st.messages.iter().enumerate() {
+            if applied.contains(&(si, wi)) {
+                st.names
+                    .extend(mw.events.iter().map(|(n, d)| (n.to_string(), d.clone())));
+            }
+        }
+        if st.fail_queued {
+            let at = crate::wkt::rfc3339(now);
+            let error = json!({"code": "channel_unlinked", "message": "the channel was logged out or deleted before the message was sent"});
+            let rows = tx
+                .query(FAIL_QUEUED_SQL, &[&st.channel_id, &error, &at])
+                .await?;
+            for r in rows {
+                let (id, client_ref, to, wa_id): (String, Option<String>, String, String) =
+                    (r.get(0), r.get(1), r.get(2), r.get(3));
+                st.names.push((
+                    "message.status".into(),
+                    json!({"message_id": id, "client_ref": client_ref, "to": to, "whatsapp_id": wa_id,
+                           "status": "failed", "error": error, "timestamp": at}),
+                ));
+            }
+        }
+    }
+    // Sequences in op order.
+    for st in staged {
+        let Some(w) = work.get_mut(st.channel_id) else {
+            continue;
+        };
         let start = pending.len();
-        for (name, data) in names {
+        for (name, data) in st.names {
             w.seq += 1;
             pending.push(PendingEvent {
                 event_id: crate::store::new_id("evt"),
@@ -600,12 +802,7 @@ async fn commit_batch_inner(
                 data,
             });
         }
-        spans.push((outcomes.len(), start..pending.len()));
-        outcomes.push(OpOutcome::Applied {
-            channel: w.row.clone(),
-            from,
-            events: Vec::new(),
-        });
+        spans.push((st.outcome, start..pending.len()));
     }
 
     let dirty: Vec<&Working> = work.values().filter(|w| w.dirty).collect();

@@ -6,7 +6,7 @@ pub mod journal;
 pub mod stream;
 
 pub use hub::Hub;
-pub use journal::{Fence, Journal, Op, OpOutcome, StateWrite};
+pub use journal::{Fence, Journal, MessageChange, MessageWrite, Op, OpOutcome, StateWrite};
 pub use stream::Filter;
 
 /// `message.*` style patterns; empty matches everything.

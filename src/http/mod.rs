@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 mod webhooks;
+mod idempotency;
 
 pub struct ReqCtx {
     request_id: String,
@@ -124,10 +125,17 @@ pub async fn context(State(app): State<Arc<App>>, req: Request, next: Next) -> R
 /// The authenticated caller; runs before the body is read, so a bad key is 401 whatever the body.
 pub struct Auth(pub Principal);
 
+/// A caller a layer already authenticated (the idempotency layer), so the key is checked and charged once.
+#[derive(Clone)]
+pub struct Authed(pub Principal);
+
 impl FromRequestParts<Arc<App>> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        if let Some(Authed(p)) = parts.extensions.get::<Authed>() {
+            return Ok(Auth(p.clone()));
+        }
         let value = parts
             .headers
             .get("authorization")
@@ -143,27 +151,29 @@ impl<T: DeserializeOwned + Default> FromRequest<Arc<App>> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, ApiError> {
-        let bytes = axum::body::to_bytes(req.into_body(), app.cfg.max_body_bytes)
-            .await
-            .map_err(|e| {
-                let too_large = std::error::Error::source(&e).is_some_and(|s| {
-                    s.is::<http_body_util::LengthLimitError>()
-                        || s.to_string().contains("length limit")
-                });
-                if too_large {
-                    ApiError::new(
-                        Code::PayloadTooLarge,
-                        format!("the body is larger than {} bytes", app.cfg.max_body_bytes),
-                    )
-                } else {
-                    ApiError::invalid("body", "the request body could not be read")
-                }
-            })?;
+        let bytes = read_body(req.into_body(), app.cfg.max_body_bytes).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(T::default()));
         }
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// The whole body, up to `limit` bytes (413 beyond).
+pub async fn read_body(body: axum::body::Body, limit: usize) -> ApiResult<axum::body::Bytes> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e).is_some_and(|s| {
+            s.is::<http_body_util::LengthLimitError>() || s.to_string().contains("length limit")
+        });
+        if too_large {
+            ApiError::new(
+                Code::PayloadTooLarge,
+                format!("the body is larger than {limit} bytes"),
+            )
+        } else {
+            ApiError::invalid("body", "the request body could not be read")
+        }
+    })
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
@@ -197,8 +207,11 @@ const CHANNEL_NULLABLE: &[&str] = &[
     "phone_number",
     "last_connected_at",
     "deleted_at",
+    "send_rate_per_sec",
+    "send_burst",
 ];
 const KEY_NULLABLE: &[&str] = &["channel_id", "expires_at", "last_used_at"];
+const MESSAGE_NULLABLE: &[&str] = &["client_ref", "reply_to", "error", "sent_at"];
 
 fn with_nulls(mut v: serde_json::Value, fields: &[&str]) -> serde_json::Value {
     if let serde_json::Value::Object(m) = &mut v {
@@ -239,6 +252,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/channels/{id}/qr", get(get_qr))
         .route("/v1/channels/{id}/pair-code", post(pair_code))
         .route("/v1/channels/{id}/sandbox/{action}", post(sandbox))
+        .route("/v1/channels/{id}/sandbox/outbound", get(sandbox_outbound))
+        .route("/v1/channels/{id}/messages", post(send_message))
+        .route("/v1/channels/{id}/messages/{message_id}", get(get_message))
         .route("/v1/events", get(events))
         .route("/v1/api-keys", post(create_key).get(list_keys))
         .route("/v1/api-keys/{id}", axum::routing::delete(delete_key))
@@ -277,7 +293,91 @@ pub fn router(app: Arc<App>) -> Router {
                 e.into_response().into_body(),
             )
         })
+        // Every POST route above, and any added later, honours Idempotency-Key.
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            idempotency::layer,
+        ))
         .with_state(app)
+}
+
+async fn send_message(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    JsonBody(mut req): JsonBody<pb::SendMessageRequest>,
+) -> ApiResult<(StatusCode, Out)> {
+    req.channel_id = id;
+    let r = app.send_message(&p, req).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(with_nulls(to_value(&r), &["client_ref"])),
+    ))
+}
+
+async fn get_message(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path((channel_id, message_id)): Path<(String, String)>,
+) -> ApiResult<Out> {
+    let m = app
+        .get_message(
+            &p,
+            pb::GetMessageRequest {
+                channel_id,
+                message_id,
+            },
+        )
+        .await?;
+    let mut v = with_nulls(to_value(&m), MESSAGE_NULLABLE);
+    // History entries show `error` only where there is one.
+    if let Some(h) = v.get_mut("history").and_then(|h| h.as_array_mut()) {
+        for e in h {
+            if let serde_json::Value::Object(o) = e
+                && o.get("error").is_some_and(|x| x.is_null())
+            {
+                o.remove("error");
+            }
+        }
+    }
+    Ok(Json(v))
+}
+
+/// Test mode: what the simulated WhatsApp server accepted from this channel (each WhatsApp id once, with the
+/// number of repeats it dropped).
+async fn sandbox_outbound(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Out> {
+    let client = app.pool.get().await?;
+    let ch = crate::store::channels::get_visible(&client, &p, &id).await?;
+    if ch.engine != "sandbox" {
+        return Err(ApiError::new(
+            Code::NotSandbox,
+            "sandbox read-outs work on test-mode channels only",
+        ));
+    }
+    let rows = client
+        .query(
+            "SELECT wa_id, to_addr, body->>'text', duplicates, accepted_at FROM sandbox_accepted
+             WHERE channel_id = $1 ORDER BY accepted_at, wa_id LIMIT 20000",
+            &[&ch.id],
+        )
+        .await?;
+    let data: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "whatsapp_id": r.get::<_, String>(0),
+                "to": r.get::<_, String>(1),
+                "text": r.get::<_, Option<String>>(2),
+                "duplicates": r.get::<_, i32>(3),
+                "accepted_at": crate::wkt::rfc3339(r.get(4)),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({"data": data})))
 }
 
 pub async fn not_found() -> ApiError {

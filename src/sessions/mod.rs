@@ -5,6 +5,7 @@
 //! token), reconnects with capped exponential backoff and jitter, and stops the moment its lease is lost.
 
 mod backoff;
+pub mod outbox;
 
 use crate::config::Config;
 use crate::crypto::MasterKeys;
@@ -47,6 +48,8 @@ pub enum Command {
     Stop {
         logout: bool,
     },
+    /// Messages were queued: send them if connected.
+    Outbox,
 }
 
 /// A command as it travels to another node (the reply channel stays behind).
@@ -56,6 +59,7 @@ enum Wire {
     PairCode { phone_number: String },
     Sandbox { action: SandboxAction },
     Stop { logout: bool },
+    Outbox,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -208,6 +212,10 @@ impl Node {
                 Duration::from_millis(self.cfg.reconnect_max_ms),
             ),
             forget_on_exit: false,
+            outbox: Arc::new(outbox::Shared::new(
+                self.cfg.send_rate_per_sec,
+                self.cfg.send_burst,
+            )),
         };
         let handle = tokio::spawn(task.run(start, cmd_rx));
         sessions.insert(
@@ -259,6 +267,11 @@ impl Node {
         let Some(owner) = owner else { return Ok(false) };
         if owner == self.id {
             let local = self.sessions().get(channel_id).map(|h| h.cmd.clone());
+            if let (Command::Outbox, Some(tx)) = (&cmd, &local) {
+                // A full queue means the session is busy; the drain it runs (or the sweep) picks the row up.
+                let _ = tx.try_send(Command::Outbox);
+                return Ok(true);
+            }
             return match local {
                 Some(tx) => {
                     tx.send(cmd).await.map_err(|_| {
@@ -273,6 +286,7 @@ impl Node {
         let wire = match cmd {
             Command::PairCode { phone_number } => Wire::PairCode { phone_number },
             Command::Stop { logout } => Wire::Stop { logout },
+            Command::Outbox => Wire::Outbox,
             Command::Sandbox { action, reply } => {
                 // Remote actions are fire-and-forget; the result shows up as events.
                 if let Some(r) = reply {
@@ -305,6 +319,7 @@ impl Node {
         let cmd = match rc.cmd {
             Wire::PairCode { phone_number } => Command::PairCode { phone_number },
             Wire::Stop { logout } => Command::Stop { logout },
+            Wire::Outbox => Command::Outbox,
             Wire::Sandbox { action } => Command::Sandbox {
                 action: Box::new(action),
                 reply: None,
@@ -416,6 +431,60 @@ impl Node {
         }
     }
 
+    /// Every few seconds: fails queued messages past their TTL (or left on a channel that was unlinked as they
+    /// were accepted), and wakes the sender of every local session with queued messages (a kick may have been
+    /// lost, e.g. a NOTIFY while the owner changed).
+    pub async fn outbox_loop(self: Arc<Self>) {
+        let every = Duration::from_millis(self.cfg.outbox_sweep_ms.max(50));
+        loop {
+            tokio::select! {
+                _ = self.stopping.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = self.outbox_sweep().await {
+                tracing::warn!(error = %e, "outbox sweep failed");
+            }
+        }
+    }
+
+    async fn outbox_sweep(&self) -> anyhow::Result<()> {
+        let client = self.pool.get().await?;
+        // A sender checks the TTL before each send; the sweep waits out a send that may still be in flight.
+        let grace = i64::try_from(self.cfg.send_timeout().as_millis() * 2).unwrap_or(i64::MAX);
+        let doomed = store::messages::doomed(&client, grace, 500).await?;
+        let mut commits = Vec::with_capacity(doomed.len());
+        for (row, why) in &doomed {
+            let message = if *why == "expired" {
+                "the message was not sent before its TTL ran out"
+            } else {
+                "the channel was logged out or deleted before the message was sent"
+            };
+            // Unfenced: whichever node gets there first fails it; a failed message takes no second failure.
+            let op = outbox::fail_op(row, None, why, message);
+            let journal = self.journal.clone();
+            commits.push(tokio::spawn(async move { journal.submit(op).await }));
+        }
+        for c in commits {
+            let _ = c.await;
+        }
+        let local: Vec<String> = self.sessions().keys().cloned().collect();
+        for ch in store::messages::with_queued(&client, &local).await? {
+            let tx = self.sessions().get(&ch).map(|h| h.cmd.clone());
+            if let Some(tx) = tx {
+                let _ = tx.try_send(Command::Outbox);
+            }
+        }
+        // Expired Idempotency-Key answers go too (a repeat after 24 h runs again anyway).
+        client
+            .execute(
+                "DELETE FROM idempotency_keys WHERE ctid IN
+                   (SELECT ctid FROM idempotency_keys WHERE expires_at < now() LIMIT 1000)",
+                &[],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Graceful shutdown: every session stops (connected ones are marked reconnecting), leases are released.
     pub async fn shutdown(&self, deadline: Duration) {
         self.stopping.cancel();
@@ -455,6 +524,8 @@ struct Session {
     backoff: Backoff,
     /// Stopped by a logout or a delete: the engine's keys go once the session is down.
     forget_on_exit: bool,
+    /// The outbound sender's state (pacing carries over reconnects).
+    outbox: Arc<outbox::Shared>,
 }
 
 impl Session {
@@ -520,8 +591,21 @@ impl Session {
 
     /// Reads where the channel stands; a resumed `connected` channel is not connected at this moment.
     async fn begin(&mut self, start: Start) -> Option<Outcome> {
-        match self.current_status().await {
-            Some(s) => self.status = s,
+        match self.current().await {
+            Some(ch) => {
+                self.status = ch.status;
+                // The channel's own pacing, where it has one.
+                if ch.send_rate_per_sec.is_some() || ch.send_burst.is_some() {
+                    let burst = ch
+                        .send_burst
+                        .and_then(|b| u32::try_from(b).ok())
+                        .unwrap_or(self.node.cfg.send_burst);
+                    let rate = ch
+                        .send_rate_per_sec
+                        .unwrap_or(self.node.cfg.send_rate_per_sec);
+                    self.outbox = Arc::new(outbox::Shared::new(rate, burst));
+                }
+            }
             None => return Some(Outcome::Fenced),
         }
         if start == Start::Resume && self.status == Status::Connected {
@@ -585,7 +669,7 @@ impl Session {
                                 let _ = r.send(Err(ApiError::new(Code::NotConnected, "the session is reconnecting")));
                             }
                         }
-                        Some(Command::PairCode { .. }) => {}
+                        Some(Command::PairCode { .. } | Command::Outbox) => {}
                     },
                 }
             }
@@ -600,13 +684,12 @@ impl Session {
         }
     }
 
-    async fn current_status(&self) -> Option<Status> {
+    async fn current(&self) -> Option<store::channels::ChannelRow> {
         let client = self.node.pool.get().await.ok()?;
         store::channels::get_any(&client, &self.channel_id)
             .await
             .ok()?
             .filter(|c| c.deleted_at.is_none())
-            .map(|c| c.status)
     }
 
     async fn load_state(&self) -> Result<Option<Vec<u8>>, Outcome> {
@@ -696,14 +779,21 @@ impl Session {
         events: &mut mpsc::Receiver<EngineEvent>,
         cmds: &mut mpsc::Receiver<Command>,
     ) -> Outcome {
+        // Ends this attempt's sender with the attempt.
+        let sending = self.cancel.child_token();
+        let _sending = sending.clone().drop_guard();
         loop {
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => return self.cancelled(),
                 ev = events.recv() => {
                     let Some(ev) = ev else { return Outcome::Retry };
+                    let was = self.status;
                     if let Err(o) = Box::pin(self.on_event(ev)).await {
                         return o;
+                    }
+                    if self.status == Status::Connected && was != Status::Connected {
+                        self.kick(session, &sending);
                     }
                     if matches!(self.status, Status::Pending | Status::Disconnected | Status::Failed) {
                         return Outcome::End;
@@ -717,6 +807,11 @@ impl Session {
                         }
                         self.forget_on_exit |= logout;
                         return Outcome::Fenced;
+                    }
+                    Some(Command::Outbox) => {
+                        if self.status == Status::Connected {
+                            self.kick(session, &sending);
+                        }
                     }
                     // Engine calls run beside the event loop: they may wait for events this loop must commit
                     // first (an inbound message is acknowledged only after its commit).
@@ -744,6 +839,55 @@ impl Session {
                 },
             }
         }
+    }
+
+    /// Starts the outbound sender (or makes the running one look again).
+    fn kick(&self, session: &Arc<dyn EngineSession>, cancel: &CancellationToken) {
+        outbox::kick(outbox::Drain {
+            node: self.node.clone(),
+            channel_id: self.channel_id.clone(),
+            fence: self.fence.clone(),
+            session: session.clone(),
+            cancel: cancel.clone(),
+            shared: self.outbox.clone(),
+        });
+    }
+
+    /// A receipt for one of our messages moves it forward (once per status); other ids (messages sent from the
+    /// phone itself) are reported as they come.
+    async fn on_receipt(
+        &mut self,
+        message_id: String,
+        status: crate::engine::ReceiptStatus,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), Outcome> {
+        let row = {
+            let client = self.node.pool.get().await.map_err(|_| Outcome::Retry)?;
+            store::messages::by_any_id(&client, &self.channel_id, &message_id)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(channel_id = %self.channel_id, error = %e, "receipt lookup failed");
+                    Outcome::Retry
+                })?
+        };
+        let mut op = self.op();
+        match row {
+            Some(row) => op.messages.push(crate::events::MessageWrite {
+                message_id: row.id.clone(),
+                change: crate::events::MessageChange::Receipt(status),
+                error: None,
+                at,
+                events: vec![(
+                    "message.status",
+                    outbox::status_data(&row, status.as_str(), at),
+                )],
+            }),
+            None => op.events.push((
+                "message.status",
+                json!({"message_id": message_id, "status": status.as_str(), "timestamp": rfc3339(at)}),
+            )),
+        }
+        self.write(op).await
     }
 
     async fn on_event(&mut self, ev: EngineEvent) -> Result<(), Outcome> {
@@ -869,14 +1013,7 @@ impl Session {
                 message_id,
                 status,
                 at,
-            } => {
-                let mut op = self.op();
-                op.events.push((
-                    "message.status",
-                    json!({"message_id": message_id, "status": status.as_str(), "timestamp": rfc3339(at)}),
-                ));
-                self.write(op).await
-            }
+            } => Box::pin(self.on_receipt(message_id, status, at)).await,
         }
     }
 }

@@ -10,7 +10,7 @@ use tokio_postgres::types::ToSql;
 
 pub const COLUMNS: &str = "id, customer_id, mode, engine, name, status, status_reason, status_since, phone_number, \
      metadata, qr_code, qr_expires_at, pair_code, pair_code_expires_at, created_at, updated_at, last_connected_at, \
-     deleted_at";
+     deleted_at, send_rate_per_sec, send_burst";
 
 #[derive(Debug, Clone)]
 pub struct ChannelRow {
@@ -32,6 +32,8 @@ pub struct ChannelRow {
     pub updated_at: DateTime<Utc>,
     pub last_connected_at: Option<DateTime<Utc>>,
     pub deleted_at: Option<DateTime<Utc>>,
+    pub send_rate_per_sec: Option<f64>,
+    pub send_burst: Option<i32>,
 }
 
 impl ChannelRow {
@@ -58,6 +60,8 @@ impl ChannelRow {
             updated_at: r.get("updated_at"),
             last_connected_at: r.get("last_connected_at"),
             deleted_at: r.get("deleted_at"),
+            send_rate_per_sec: r.get("send_rate_per_sec"),
+            send_burst: r.get("send_burst"),
         }
     }
 
@@ -75,6 +79,8 @@ impl ChannelRow {
             updated_at: Some(self.updated_at.into()),
             last_connected_at: self.last_connected_at.map(Into::into),
             deleted_at: self.deleted_at.map(Into::into),
+            send_rate_per_sec: self.send_rate_per_sec,
+            send_burst: self.send_burst.and_then(|b| u32::try_from(b).ok()),
         }
     }
 }
@@ -131,11 +137,12 @@ pub async fn insert(
     p: &Principal,
     name: &str,
     metadata: &Value,
+    pacing: (Option<f64>, Option<i32>),
 ) -> ApiResult<ChannelRow> {
     let id = super::new_id("ch");
     let sql = format!(
-        "INSERT INTO channels (id, customer_id, mode, engine, name, metadata) VALUES ($1, $2, $3, $4, $5, $6) \
-         RETURNING {COLUMNS}"
+        "INSERT INTO channels (id, customer_id, mode, engine, name, metadata, send_rate_per_sec, send_burst) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
     );
     let row = db
         .query_one(
@@ -147,6 +154,8 @@ pub async fn insert(
                 &p.mode.engine(),
                 &name,
                 metadata,
+                &pacing.0,
+                &pacing.1,
             ],
         )
         .await?;

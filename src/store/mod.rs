@@ -6,6 +6,7 @@ pub mod customers;
 pub mod events;
 pub mod keys;
 pub mod leases;
+pub mod messages;
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -35,6 +36,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         5,
         "webhooks",
         include_str!("../../migrations/0005_webhooks.sql"),
+    ),
+    (
+        6,
+        "messages",
+        include_str!("../../migrations/0006_messages.sql"),
     ),
 ];
 

@@ -24,6 +24,7 @@ async fn grpc_grpc_web_reflection_and_health() {
             pb::CreateChannelRequest {
                 name: "grpc".into(),
                 metadata: None,
+                ..Default::default()
             },
             &keys.test,
         ))
@@ -78,6 +79,7 @@ async fn grpc_grpc_web_reflection_and_health() {
             pb::CreateChannelRequest {
                 name: "".into(),
                 metadata: None,
+                ..Default::default()
             },
             &keys.test,
         ))

@@ -7,6 +7,7 @@ mod grpc;
 mod input;
 mod journal;
 mod lifecycle;
+mod messages;
 mod restart;
 mod util;
 #[cfg(feature = "fake-whatsapp")]

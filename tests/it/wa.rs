@@ -395,3 +395,151 @@ async fn crash_between_commit_and_ack_loses_and_duplicates_nothing() {
     let _ = b.terminate().await;
     db.drop_db().await;
 }
+
+/// Through the gateway: a text posted to a live channel is decrypted by the fake contact exactly once, under the
+/// WhatsApp id the message row carries, and the contact's delivery and read receipts become `message.status`.
+/// A re-send of the same id (what a restarted gateway does for a send it could not confirm) is dropped by the
+/// server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_sends_text_once_and_receipts_become_statuses() {
+    let db = TestDb::new();
+    let fake = fake().await;
+    let mut cfg = wa_config(&db, &fake);
+    cfg.send_rate_per_sec = 0.0;
+    let gw = Gw::start(cfg).await;
+    let keys = gw.customer("acme").await;
+    let api = Api::new(&gw.base, &keys.live);
+    let phone = "+15550006001";
+    let id = pair(&api, &fake, phone).await;
+    let mut sse = Sse::open(
+        &gw.base,
+        &format!("channel_id={id}&events=message.*"),
+        &keys.live,
+        None,
+    )
+    .await;
+    let (s, r) = api
+        .post(
+            &format!("/v1/channels/{id}/messages"),
+            json!({"to": "+15557650003", "type": "text", "text": "through the gateway ✓"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{r}");
+    let mid = r["message_id"].as_str().expect("id").to_string();
+    sse.until(T, |f| f.event == "message.sent").await;
+    let (s, m) = api.get(&format!("/v1/channels/{id}/messages/{mid}")).await;
+    assert_eq!(s, 200, "{m}");
+    let wa_id = m["whatsapp_id"].as_str().expect("wa id").to_string();
+    let mut out = vec![];
+    for _ in 0..200 {
+        out = fake.outbound(d(phone)).await.expect("outbound");
+        if !out.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].text, "through the gateway ✓");
+    assert_eq!(out[0].to, "15557650003");
+    assert_eq!(out[0].message_id, wa_id);
+
+    let mut statuses = vec![];
+    for (status, name) in [
+        (fakewa::ReceiptStatus::Delivered, "delivered"),
+        (fakewa::ReceiptStatus::Read, "read"),
+    ] {
+        fake.receipt(d(phone), &wa_id, status)
+            .await
+            .expect("receipt");
+        let frames = sse
+            .until(T, |f| {
+                f.event == "message.status" && f.data["data"]["status"] == name
+            })
+            .await;
+        statuses.extend(
+            frames
+                .iter()
+                .filter(|f| f.event == "message.status")
+                .map(|f| {
+                    (
+                        f.data["data"]["message_id"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        f.data["data"]["status"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    )
+                }),
+        );
+    }
+    let want: Vec<(String, String)> = ["sent", "delivered", "read"]
+        .iter()
+        .map(|s| (mid.clone(), s.to_string()))
+        .collect();
+    assert_eq!(statuses, want);
+    let (_, m) = api.get(&format!("/v1/channels/{id}/messages/{mid}")).await;
+    let history: Vec<&str> = m["history"]
+        .as_array()
+        .map(|h| h.iter().filter_map(|e| e["status"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(history, ["queued", "sent", "delivered", "read"], "{m}");
+    assert_eq!(fake.outbound_duplicates(d(phone)).expect("dups"), 0);
+    gw.stop().await;
+
+    // The same id again, as a gateway re-sending after a crash would: acknowledged, delivered to nobody.
+    use whatisup::engine::whatsapp::{WhatsAppConfig, WhatsAppEngine};
+    use whatisup::engine::{Engine, EngineEvent, StartRequest};
+    let pool = whatisup::store::connect(&db.url, 4).await.expect("pool");
+    let master = whatisup::crypto::MasterKeys::from_bytes(std::array::from_fn(|i| i as u8), &[]);
+    let engine = WhatsAppEngine::new(
+        pool,
+        std::sync::Arc::new(master),
+        WhatsAppConfig {
+            url: fake.ws_url(),
+            version: (2, 3000, 1042742319),
+            device_name: "whatisup".into(),
+        },
+    )
+    .expect("engine");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    let session = engine
+        .start(StartRequest {
+            channel_id: id.clone(),
+            state: Some(b"{}".to_vec()),
+            events: tx,
+        })
+        .await
+        .expect("start");
+    tokio::time::timeout(T, async {
+        while let Some(ev) = rx.recv().await {
+            if let EngineEvent::Connected { .. } = ev {
+                return;
+            }
+        }
+        panic!("the session ended before connecting");
+    })
+    .await
+    .expect("connected in time");
+    session
+        .send_text("+15557650003", "through the gateway ✓", &wa_id)
+        .await
+        .expect("re-send");
+    let mut dups = 0;
+    for _ in 0..200 {
+        dups = fake.outbound_duplicates(d(phone)).expect("dups");
+        if dups > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dups, 1, "the server saw the repeat");
+    assert_eq!(
+        fake.outbound(d(phone)).await.expect("outbound").len(),
+        1,
+        "and delivered nothing twice"
+    );
+    session.stop().await;
+    db.drop_db().await;
+}

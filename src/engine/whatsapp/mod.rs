@@ -203,24 +203,55 @@ impl EngineSession for WaSession {
     }
 
     async fn send_text(&self, to: &str, text: &str, message_id: &str) -> Result<(), EngineError> {
+        self.send(&super::Outgoing {
+            to,
+            message_id,
+            text,
+            reply_to: None,
+        })
+        .await
+    }
+
+    async fn send(&self, m: &super::Outgoing<'_>) -> Result<(), EngineError> {
         let client = self.client().await?;
         if !client.is_logged_in() {
             return Err(EngineError::Network("not logged in".into()));
         }
-        let number = digits(to);
-        if number.is_empty() {
-            return Err(EngineError::InvalidState(format!(
-                "not a phone number: {to}"
-            )));
-        }
-        let jid = Jid::pn(number);
-        let options = SendOptions::default().with_message_id(message_id);
+        let jid = match m.to.strip_suffix("@g.us") {
+            Some(group) if !group.is_empty() => Jid::group(group.to_string()),
+            _ => {
+                let number = digits(m.to);
+                if number.is_empty() {
+                    return Err(EngineError::InvalidState(format!(
+                        "not a phone number: {}",
+                        m.to
+                    )));
+                }
+                Jid::pn(number)
+            }
+        };
+        let message = match m.reply_to {
+            None => whatsapp_rust::prelude::wa::Message::text(m.text),
+            Some(q) => {
+                // A quote names the quoted message and, when someone else wrote it, its author.
+                let participant = match q.participant {
+                    Some(p) => Jid::pn(digits(p)).to_string(),
+                    None => client
+                        .pn()
+                        .map(|j| j.to_non_ad().to_string())
+                        .unwrap_or_default(),
+                };
+                let context = whatsapp_rust::prelude::wa::ContextInfo {
+                    stanza_id: Some(q.message_id.to_string()),
+                    participant: Some(participant),
+                    ..Default::default()
+                };
+                whatsapp_rust::prelude::wa::Message::text_with_context(m.text, context)
+            }
+        };
+        let options = SendOptions::default().with_message_id(m.message_id);
         client
-            .send_message_with_options(
-                jid,
-                whatsapp_rust::prelude::wa::Message::text(text),
-                options,
-            )
+            .send_message_with_options(jid, message, options)
             .await
             .map(|_| ())
             .map_err(|e| EngineError::Network(format!("send failed: {e}")))

@@ -832,6 +832,17 @@ impl Session<'_> {
         let (phone, device_id) = (me.phone.clone(), me.device_id);
         let id = attr(node, "id").ok_or_else(|| anyhow!("message without id"))?;
         let to = jid_attr(node, "to").ok_or_else(|| anyhow!("message without to"))?;
+        let ack = NodeBuilder::new("ack")
+            .attr("class", "message")
+            .attr("id", id.clone())
+            .attr("from", to.to_non_ad())
+            .attr("t", iq::now())
+            .build();
+        // A message id the server already has: acknowledged again, delivered to nobody.
+        if !self.shared.accept_outbound(&phone, &id) {
+            tracing::info!(conn = self.me.id, %id, "duplicate message id dropped");
+            return self.send(&ack).await;
+        }
 
         let mut copies: Vec<(Jid, String, Vec<u8>, u8)> = Vec::new();
         let mut collect = |target: Jid, enc: &Node| {
@@ -889,12 +900,6 @@ impl Session<'_> {
             }
         }
 
-        let ack = NodeBuilder::new("ack")
-            .attr("class", "message")
-            .attr("id", id)
-            .attr("from", to.to_non_ad())
-            .attr("t", iq::now())
-            .build();
         self.send(&ack).await
     }
 

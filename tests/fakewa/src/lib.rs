@@ -20,6 +20,8 @@
 //!   at once to a connected device and queues for a paired one that is offline; a message the
 //!   client has not acknowledged is delivered (again, marked `offline`) at its next login, before
 //!   the `<offline count=N>` marker, as WhatsApp's offline queue does.
+//! - A message id the client already sent is acknowledged again and dropped (WhatsApp's server-side dedupe), so a
+//!   client re-sending after a crash delivers nothing twice ([`FakeWa::outbound_duplicates`] counts repeats).
 //! - Receipts for the client's messages come only on command ([`FakeWa::receipt`]).
 //! - A message the client cannot decrypt is answered like a real sender would: the contact
 //!   re-sends it on a fresh session when the client's retry receipt arrives.
@@ -337,6 +339,11 @@ impl FakeWa {
         status: ReceiptStatus,
     ) -> ControlResult<()> {
         self.shared.receipt(phone_number, message_id, status).await
+    }
+
+    /// Message ids the device sent again after the server had accepted them (dropped, not delivered).
+    pub fn outbound_duplicates(&self, phone_number: &str) -> ControlResult<u64> {
+        self.shared.outbound_duplicates(phone_number)
     }
 
     /// The texts the client sent to fake contacts, in the order the server received them.

@@ -95,6 +95,11 @@ pub(crate) struct DeviceRecord {
     key_shares: u32,
     inbound: Journal<InboundStatus>,
     outbound: Journal<Outbound>,
+    /// Ids of every message stanza the device sent that the server accepted: a repeat is acknowledged and
+    /// dropped, as WhatsApp's servers do (a client re-sending after a crash must not deliver twice).
+    accepted: Journal<()>,
+    /// Repeats dropped.
+    duplicates: u64,
     /// Injected messages the client has not acknowledged yet, oldest first: delivered again at the next login,
     /// as WhatsApp's offline queue does.
     unacked: VecDeque<(String, Node)>,
@@ -420,6 +425,8 @@ impl Shared {
             key_shares: 0,
             inbound: Journal::new(),
             outbound: Journal::new(),
+            accepted: Journal::new(),
+            duplicates: 0,
             unacked: VecDeque::new(),
         };
         let info = record.info();
@@ -527,6 +534,24 @@ impl Shared {
     /// The device logged itself out (`remove-companion-device`).
     pub(crate) fn forget_device(&self, phone: &str) {
         self.state().devices.remove(phone);
+    }
+
+    /// True the first time the device sends a message id; a repeat is counted and refused.
+    pub(crate) fn accept_outbound(&self, phone: &str, message_id: &str) -> bool {
+        let mut st = self.state();
+        let Some(d) = st.devices.get_mut(phone) else {
+            return true;
+        };
+        if d.accepted.get(message_id).is_some() {
+            d.duplicates += 1;
+            return false;
+        }
+        d.accepted.push(message_id.to_string(), ());
+        true
+    }
+
+    pub(crate) fn outbound_duplicates(&self, phone: &str) -> ControlResult<u64> {
+        self.with_device(phone, |d| d.duplicates)
     }
 
     pub(crate) fn record_outbound(&self, phone: &str, out: Outbound) {

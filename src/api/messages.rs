@@ -1,0 +1,401 @@
+//! Outbound messages (contract §6): validated, stored durably in the outbox before the 202, sent by the session
+//! that owns the channel (see `sessions::outbox`).
+
+use super::App;
+use crate::error::{ApiError, ApiResult, Code};
+use crate::model::{Principal, Status};
+use crate::pb;
+use crate::sessions::Command;
+use crate::store::channels as channel_store;
+use crate::store::messages::{self as store, Inserted, MessageRow, NewMessage};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tonic::{Request, Response, Status as GrpcStatus};
+
+/// WhatsApp's own limit for a text is far larger; the contract caps it at 4096 characters.
+pub const MAX_TEXT_CHARS: usize = 4_096;
+pub const MAX_CLIENT_REF: usize = 128;
+const MAX_ID: usize = 128;
+
+const MEDIA_TYPES: [&str; 5] = ["image", "video", "audio", "document", "sticker"];
+
+/// "+15551234567" (the "+" may be left out) → "+15551234567"; "<id>@g.us" as it is.
+pub fn normalize_to(to: &str) -> Option<String> {
+    let to = to.trim();
+    if let Some(group) = to.strip_suffix("@g.us") {
+        let ok = !group.is_empty()
+            && group.len() <= 64
+            && group.bytes().all(|b| b.is_ascii_digit() || b == b'-');
+        return ok.then(|| to.to_string());
+    }
+    let e164 = if to.starts_with('+') {
+        to.to_string()
+    } else {
+        format!("+{to}")
+    };
+    crate::api::channels::valid_phone(&e164).then_some(e164)
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_ID
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// The checked request: what is stored.
+struct Valid {
+    to: String,
+    text: String,
+    client_ref: Option<String>,
+    reply_to: Option<String>,
+}
+
+fn validate(req: &pb::SendMessageRequest) -> ApiResult<Valid> {
+    match req.r#type.as_str() {
+        "text" => {}
+        "" => return Err(ApiError::invalid("type", "type is required (text)")),
+        t if MEDIA_TYPES.contains(&t) || t == "location" || t == "reaction" => {
+            return Err(ApiError::invalid(
+                "type",
+                format!("{t} messages are not supported yet; send text"),
+            ));
+        }
+        t => {
+            return Err(ApiError::invalid(
+                "type",
+                format!("unknown message type \"{t}\""),
+            ));
+        }
+    }
+    if req.to.is_empty() {
+        return Err(ApiError::invalid("to", "to is required"));
+    }
+    let to = normalize_to(&req.to).ok_or_else(|| {
+        ApiError::invalid(
+            "to",
+            "to must be an E.164 number (+15551234567) or a group id (<id>@g.us)",
+        )
+    })?;
+    if req.text.trim().is_empty() {
+        return Err(ApiError::invalid("text", "text is required"));
+    }
+    if req.text.chars().count() > MAX_TEXT_CHARS {
+        return Err(ApiError::invalid(
+            "text",
+            format!("text is longer than {MAX_TEXT_CHARS} characters"),
+        ));
+    }
+    let client_ref = match &req.client_ref {
+        None => None,
+        Some(r) if r.is_empty() || r.chars().count() > MAX_CLIENT_REF => {
+            return Err(ApiError::invalid(
+                "client_ref",
+                format!("client_ref must be 1 to {MAX_CLIENT_REF} characters"),
+            ));
+        }
+        Some(r) if r.chars().any(char::is_control) => {
+            return Err(ApiError::invalid(
+                "client_ref",
+                "client_ref must not contain control characters",
+            ));
+        }
+        Some(r) => Some(r.clone()),
+    };
+    let reply_to = match &req.reply_to {
+        None => None,
+        Some(r) if valid_id(r) => Some(r.clone()),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "reply_to",
+                "reply_to must be a message id (msg_... or a WhatsApp id)",
+            ));
+        }
+    };
+    Ok(Valid {
+        to,
+        text: req.text.clone(),
+        client_ref,
+        reply_to,
+    })
+}
+
+fn ts(s: Option<&str>) -> Option<crate::wkt::Timestamp> {
+    s.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc).into())
+}
+
+fn error_pb(v: Option<&Value>) -> Option<pb::MessageError> {
+    let v = v.filter(|v| v.is_object())?;
+    Some(pb::MessageError {
+        code: v["code"].as_str().unwrap_or_default().to_string(),
+        message: v["message"].as_str().unwrap_or_default().to_string(),
+    })
+}
+
+pub fn message_pb(m: &MessageRow) -> pb::Message {
+    let history = m
+        .history
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|h| pb::StatusChange {
+                    status: h["status"].as_str().unwrap_or_default().to_string(),
+                    at: ts(h["at"].as_str()),
+                    error: error_pb(h.get("error")),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    pb::Message {
+        message_id: m.id.clone(),
+        channel_id: m.channel_id.clone(),
+        client_ref: m.client_ref.clone(),
+        to: m.to.clone(),
+        r#type: m.kind.clone(),
+        text: m.body["text"].as_str().unwrap_or_default().to_string(),
+        reply_to: m.body["reply_to"]["id"].as_str().map(str::to_string),
+        status: m.status.clone(),
+        error: error_pb(m.error.as_ref()),
+        whatsapp_id: m.wa_id.clone(),
+        created_at: Some(m.created_at.into()),
+        sent_at: m.sent_at.map(Into::into),
+        expires_at: Some(m.expires_at.into()),
+        history,
+    }
+}
+
+impl App {
+    pub async fn send_message(
+        &self,
+        p: &Principal,
+        req: pb::SendMessageRequest,
+    ) -> ApiResult<pb::SendMessageResponse> {
+        let v = validate(&req)?;
+        let client = self.pool.get().await?;
+        let ch = channel_store::get_visible(&client, p, &req.channel_id).await?;
+        // Accepted while the session runs (or is coming back); refused where nothing would ever send it.
+        if !matches!(
+            ch.status,
+            Status::Connecting | Status::Connected | Status::Reconnecting
+        ) {
+            return Err(ApiError::new(
+                Code::NotConnected,
+                format!("the channel is {}; connect it before sending", ch.status),
+            )
+            .detail("status", ch.status.as_str()));
+        }
+        let reply_to = match &v.reply_to {
+            None => Value::Null,
+            Some(r) => self.quoted(&client, &ch.id, r, &v.to).await?,
+        };
+        let queued = store::queued_count(&client, &ch.id, self.cfg.outbox_max_per_channel).await?;
+        if queued >= self.cfg.outbox_max_per_channel {
+            let mut e = ApiError::new(
+                Code::RateLimited,
+                format!(
+                    "the channel already has {} messages waiting to be sent (WHATISUP_OUTBOX_MAX_PER_CHANNEL)",
+                    self.cfg.outbox_max_per_channel
+                ),
+            );
+            e.retry_after = Some(10);
+            return Err(e);
+        }
+        let id = crate::store::new_id("msg");
+        let wa_id = crate::engine::new_message_id();
+        let body = json!({"text": v.text, "reply_to": reply_to});
+        let inserted = store::insert(
+            &client,
+            &NewMessage {
+                id: &id,
+                customer_id: &ch.customer_id,
+                mode: ch.mode.as_str(),
+                channel_id: &ch.id,
+                wa_id: &wa_id,
+                to: &v.to,
+                kind: "text",
+                body: &body,
+                client_ref: v.client_ref.as_deref(),
+                ttl_secs: i64::try_from(self.cfg.message_ttl_secs).unwrap_or(i64::MAX / 2),
+            },
+        )
+        .await?;
+        match inserted {
+            Inserted::Duplicate(orig) => Ok(pb::SendMessageResponse {
+                message_id: orig.id,
+                client_ref: orig.client_ref,
+                status: orig.status,
+            }),
+            Inserted::New => {
+                self.metrics.messages_accepted.inc();
+                // Committed: wake the sender wherever the session runs (the node's sweep catches a lost kick).
+                let node = self.node.clone();
+                let channel_id = ch.id.clone();
+                tokio::spawn(async move {
+                    let _ = node.command(&channel_id, Command::Outbox).await;
+                });
+                Ok(pb::SendMessageResponse {
+                    message_id: id,
+                    client_ref: v.client_ref,
+                    status: "queued".into(),
+                })
+            }
+        }
+    }
+
+    /// What a reply quotes: one of our messages, or a received one (its author comes from the event log).
+    async fn quoted(
+        &self,
+        client: &deadpool_postgres::Client,
+        channel_id: &str,
+        reply_to: &str,
+        to: &str,
+    ) -> ApiResult<Value> {
+        if reply_to.starts_with("msg_") {
+            let row = store::get(client, channel_id, reply_to)
+                .await?
+                .ok_or_else(|| ApiError::invalid("reply_to", "no such message on this channel"))?;
+            return Ok(json!({"id": reply_to, "whatsapp_id": row.wa_id, "participant": null}));
+        }
+        let from: Option<String> = client
+            .query_opt(
+                "SELECT data->>'from' FROM events WHERE channel_id = $1 AND event = 'message.received'
+                   AND data->>'message_id' = $2 LIMIT 1",
+                &[&channel_id, &reply_to],
+            )
+            .await?
+            .and_then(|r| r.get(0));
+        // A received message no longer in the log: in a chat with one person, they wrote it.
+        let participant = from.or_else(|| (!to.ends_with("@g.us")).then(|| to.to_string()));
+        Ok(json!({"id": reply_to, "whatsapp_id": reply_to, "participant": participant}))
+    }
+
+    pub async fn get_message(
+        &self,
+        p: &Principal,
+        req: pb::GetMessageRequest,
+    ) -> ApiResult<pb::Message> {
+        let client = self.pool.get().await?;
+        let ch = channel_store::get_visible(&client, p, &req.channel_id).await?;
+        let not_found = || {
+            ApiError::new(Code::MessageNotFound, "no such message")
+                .detail("message_id", req.message_id.as_str())
+        };
+        if !req.message_id.starts_with("msg_") || req.message_id.len() > MAX_ID {
+            return Err(not_found());
+        }
+        let row = store::get(&client, &ch.id, &req.message_id)
+            .await?
+            .ok_or_else(not_found)?;
+        Ok(message_pb(&row))
+    }
+}
+
+/// gRPC face.
+pub struct MessageGrpc(pub Arc<App>);
+
+#[tonic::async_trait]
+impl pb::message_service_server::MessageService for MessageGrpc {
+    async fn send_message(
+        &self,
+        r: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, GrpcStatus> {
+        let p = self.0.authenticate_grpc(&r).await?;
+        Ok(Response::new(
+            self.0.send_message(&p, r.into_inner()).await?,
+        ))
+    }
+
+    async fn get_message(
+        &self,
+        r: Request<pb::GetMessageRequest>,
+    ) -> Result<Response<pb::Message>, GrpcStatus> {
+        let p = self.0.authenticate_grpc(&r).await?;
+        Ok(Response::new(self.0.get_message(&p, r.into_inner()).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipients() {
+        assert_eq!(
+            normalize_to("+15551234567").as_deref(),
+            Some("+15551234567")
+        );
+        assert_eq!(normalize_to("15551234567").as_deref(), Some("+15551234567"));
+        assert_eq!(
+            normalize_to("120363021234567890@g.us").as_deref(),
+            Some("120363021234567890@g.us")
+        );
+        assert!(normalize_to("+1555").is_none());
+        assert!(normalize_to("abc@g.us").is_none());
+        assert!(normalize_to("@g.us").is_none());
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let ok = pb::SendMessageRequest {
+            channel_id: "ch_x".into(),
+            to: "+15551234567".into(),
+            r#type: "text".into(),
+            text: "hi".into(),
+            ..Default::default()
+        };
+        assert!(validate(&ok).is_ok());
+        let field =
+            |r: pb::SendMessageRequest| validate(&r).err().map(|e| e.details["field"].clone());
+        assert_eq!(
+            field(pb::SendMessageRequest {
+                r#type: "image".into(),
+                ..ok.clone()
+            }),
+            Some("type".into())
+        );
+        assert_eq!(
+            field(pb::SendMessageRequest {
+                to: "x".into(),
+                ..ok.clone()
+            }),
+            Some("to".into())
+        );
+        assert_eq!(
+            field(pb::SendMessageRequest {
+                text: " ".into(),
+                ..ok.clone()
+            }),
+            Some("text".into())
+        );
+        assert_eq!(
+            field(pb::SendMessageRequest {
+                text: "é".repeat(MAX_TEXT_CHARS + 1),
+                ..ok.clone()
+            }),
+            Some("text".into())
+        );
+        assert!(
+            validate(&pb::SendMessageRequest {
+                text: "é".repeat(MAX_TEXT_CHARS),
+                ..ok.clone()
+            })
+            .is_ok()
+        );
+        assert_eq!(
+            field(pb::SendMessageRequest {
+                client_ref: Some("x".repeat(129)),
+                ..ok.clone()
+            }),
+            Some("client_ref".into())
+        );
+        assert_eq!(
+            field(pb::SendMessageRequest {
+                reply_to: Some("a b".into()),
+                ..ok.clone()
+            }),
+            Some("reply_to".into())
+        );
+    }
+}
