@@ -979,7 +979,10 @@ async fn pair_wa_channels(
                 // Progress on stderr, so a slow large run shows where it is.
                 let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 if k % 100 == 0 {
-                    eprintln!("  {k} of {n} scanned after {:.1} s", started.elapsed().as_secs_f64());
+                    eprintln!(
+                        "  {k} of {n} scanned after {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    );
                 }
                 Ok((id, phone))
             }
@@ -991,7 +994,12 @@ async fn pair_wa_channels(
 }
 
 /// Fake contacts send `m` texts spread over the channels' phones (64 requests at a time).
-async fn inject(fake: &Fake, chans: &[(String, String)], m: usize, tag: &str) -> anyhow::Result<()> {
+async fn inject(
+    fake: &Fake,
+    chans: &[(String, String)],
+    m: usize,
+    tag: &str,
+) -> anyhow::Result<()> {
     let c = http();
     let sent: Vec<anyhow::Result<()>> = futures::stream::iter(0..m)
         .map(|i| {
@@ -1232,10 +1240,16 @@ async fn webhooks(args: &[String]) -> anyhow::Result<()> {
         let c = pool.get().await?;
         for i in 0..100 {
             ids.push(
-                whatisup::store::channels::insert(&c, &p, &format!("w{i}"), &serde_json::json!({}))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?
-                    .id,
+                whatisup::store::channels::insert(
+                    &c,
+                    &p,
+                    &format!("w{i}"),
+                    &serde_json::json!({}),
+                    (None, None),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .id,
             );
         }
     }

@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-mod webhooks;
 mod idempotency;
+mod webhooks;
 
 pub struct ReqCtx {
     request_id: String,

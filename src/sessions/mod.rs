@@ -737,7 +737,12 @@ impl Session {
         })?;
         Ok(rows
             .iter()
-            .filter_map(|r| Some((r.get::<_, Option<String>>(0)?, r.get::<_, Option<String>>(1)?)))
+            .filter_map(|r| {
+                Some((
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                ))
+            })
             .collect())
     }
 

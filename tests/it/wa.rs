@@ -142,7 +142,9 @@ async fn qr_pairing_inbound_blip_restart_and_logout() {
     );
     for mid in &queued {
         assert!(
-            fake.wait_inbound_acked(d(phone), mid, T).await.expect("status"),
+            fake.wait_inbound_acked(d(phone), mid, T)
+                .await
+                .expect("status"),
             "{mid} never acknowledged after the restart"
         );
     }

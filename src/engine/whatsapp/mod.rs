@@ -365,10 +365,8 @@ impl Driver {
             phone_number: e164(jid),
         })
         .await;
-        self.emit(EngineEvent::StateChanged {
-            state: marker(jid),
-        })
-        .await;
+        self.emit(EngineEvent::StateChanged { state: marker(jid) })
+            .await;
     }
 
     async fn run_client(&self) -> RunEnd {

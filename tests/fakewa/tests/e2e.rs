@@ -455,7 +455,11 @@ async fn inbound_while_offline_arrives_at_the_next_login() {
 
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(fake.inbound(phone, contact, &format!("queued {i}")).await.unwrap());
+        ids.push(
+            fake.inbound(phone, contact, &format!("queued {i}"))
+                .await
+                .unwrap(),
+        );
     }
     assert!(
         fake.inbound_list(phone)
