@@ -462,11 +462,10 @@ impl Driver {
                 })
                 .await;
             }
-            Event::PairSuccess(ok) => {
-                if !st.paired {
-                    st.paired = true;
-                    self.announce_paired(client, &ok.id).await;
-                }
+            // Already announced when the run loop's end found the device id first: nothing to add.
+            Event::PairSuccess(ok) if !st.paired => {
+                st.paired = true;
+                self.announce_paired(client, &ok.id).await;
             }
             Event::PairError(e) => {
                 st.detail = Some(format!("pairing failed: {}", e.error));
