@@ -250,7 +250,8 @@ mod tests {
 
     #[test]
     fn bucket_refuses_past_burst_and_refills() {
-        let l = RateLimiter::new(3, 1000);
+        // 1/s: a slow machine between two takes cannot refill a token (at 1000/s a 1 ms pause did, in CI).
+        let l = RateLimiter::new(3, 1);
         for expected in [2, 1, 0] {
             assert_eq!(l.take("k").remaining, expected);
         }
@@ -260,9 +261,13 @@ mod tests {
         assert_eq!(r.remaining, -1);
         assert_eq!(r.retry_after, 1);
         assert_eq!(refused.take("b").remaining, 0, "buckets are per key");
+        let fast = RateLimiter::new(3, 1000);
+        for _ in 0..4 {
+            fast.take("k");
+        }
         std::thread::sleep(Duration::from_millis(5));
         assert!(
-            l.take("k").remaining >= 0,
+            fast.take("k").remaining >= 0,
             "1000/s refills within milliseconds"
         );
     }
