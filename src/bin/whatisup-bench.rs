@@ -742,33 +742,7 @@ async fn journal(args: &[String]) -> anyhow::Result<()> {
     let producers: usize = arg(args, "--producers", "1000").parse()?;
     let db = BenchDb::new();
     let pool = whatisup::store::connect(&db.url, 8).await?;
-    whatisup::store::migrate(&pool).await?;
-    let keys = whatisup::crypto::MasterKeys::from_bytes([7; 32], &[]);
-    let b = whatisup::store::customers::create(&pool, &keys, "bench").await?;
-    let p = whatisup::model::Principal {
-        key_id: "k".into(),
-        customer_id: b.customer_id.clone(),
-        mode: whatisup::model::Mode::Test,
-        channel_id: None,
-    };
-    let mut ids = Vec::new();
-    {
-        let c = pool.get().await?;
-        for i in 0..1000 {
-            ids.push(
-                whatisup::store::channels::insert(
-                    &c,
-                    &p,
-                    &format!("j{i}"),
-                    &serde_json::json!({}),
-                    (None, None),
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .id,
-            );
-        }
-    }
+    let (_keys, customer_id, ids) = customer_with_channels(&pool, 1000, "j").await?;
     let metrics = Arc::new(whatisup::metrics::Metrics::new());
     let journal = Journal::spawn(&db.url, metrics.clone())?;
     let data = serde_json::json!({"message_id": "3EB0ABCDEF0123456789", "from": "+15550001111",
@@ -829,7 +803,7 @@ async fn journal(args: &[String]) -> anyhow::Result<()> {
 
         // The baseline: the same rows, 512 per INSERT, one transaction each, no channel read, no lock.
         c.batch_execute("CHECKPOINT").await?;
-        let (customer, mode) = (b.customer_id.as_str(), "test");
+        let (customer, mode) = (customer_id.as_str(), "test");
         let t = Instant::now();
         let mut rows = 0u64;
         while t.elapsed() < Duration::from_secs(secs) {
@@ -1161,6 +1135,41 @@ async fn wa(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Migrates a fresh bench database, creates a test-mode customer and `n` channels (named `prefix` + i) straight in
+/// the store; returns the master keys, the customer id and the channel ids.
+async fn customer_with_channels(
+    pool: &deadpool_postgres::Pool,
+    n: usize,
+    prefix: &str,
+) -> anyhow::Result<(Arc<whatisup::crypto::MasterKeys>, String, Vec<String>)> {
+    whatisup::store::migrate(pool).await?;
+    let keys = Arc::new(whatisup::crypto::MasterKeys::from_bytes([7; 32], &[]));
+    let b = whatisup::store::customers::create(pool, &keys, "bench").await?;
+    let p = whatisup::model::Principal {
+        key_id: "k".into(),
+        customer_id: b.customer_id.clone(),
+        mode: whatisup::model::Mode::Test,
+        channel_id: None,
+    };
+    let c = pool.get().await?;
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        ids.push(
+            whatisup::store::channels::insert(
+                &c,
+                &p,
+                &format!("{prefix}{i}"),
+                &serde_json::json!({}),
+                (None, None),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .id,
+        );
+    }
+    Ok((keys, b.customer_id, ids))
+}
+
 /// A loopback webhook receiver for the benchmark: counts requests and, while `measure` is on, the latency from
 /// the event's `occurred_at` to its arrival.
 #[derive(Clone, Default)]
@@ -1226,33 +1235,7 @@ async fn webhooks(args: &[String]) -> anyhow::Result<()> {
     let soak: u64 = arg(args, "--soak-secs", "0").parse()?;
     let db = BenchDb::new();
     let pool = whatisup::store::connect(&db.url, 16).await?;
-    whatisup::store::migrate(&pool).await?;
-    let keys = Arc::new(whatisup::crypto::MasterKeys::from_bytes([7; 32], &[]));
-    let b = whatisup::store::customers::create(&pool, &keys, "bench").await?;
-    let p = whatisup::model::Principal {
-        key_id: "k".into(),
-        customer_id: b.customer_id.clone(),
-        mode: whatisup::model::Mode::Test,
-        channel_id: None,
-    };
-    let mut ids = Vec::new();
-    {
-        let c = pool.get().await?;
-        for i in 0..100 {
-            ids.push(
-                whatisup::store::channels::insert(
-                    &c,
-                    &p,
-                    &format!("w{i}"),
-                    &serde_json::json!({}),
-                    (None, None),
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .id,
-            );
-        }
-    }
+    let (keys, customer_id, ids) = customer_with_channels(&pool, 100, "w").await?;
     let metrics = Arc::new(whatisup::metrics::Metrics::new());
     let journal = Journal::spawn(&db.url, metrics.clone())?;
     let hub = Arc::new(whatisup::events::Hub::new());
@@ -1316,7 +1299,7 @@ async fn webhooks(args: &[String]) -> anyhow::Result<()> {
             .sum()
     };
     let add_endpoints = |sinks: Vec<(BenchSink, String)>| {
-        let (pool, keys, customer) = (pool.clone(), keys.clone(), b.customer_id.clone());
+        let (pool, keys, customer) = (pool.clone(), keys.clone(), customer_id.clone());
         async move {
             let c = pool.get().await?;
             c.execute("UPDATE webhook_endpoints SET enabled = false", &[])
