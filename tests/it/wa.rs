@@ -244,23 +244,19 @@ async fn pair_code_pairing() {
     db.drop_db().await;
 }
 
-/// The engine on its own (no supervisor): it resumes a device the gateway paired, sends a text that the fake
-/// contact decrypts to exactly what was sent, under the message id fixed before the send, and reports the
-/// contact's receipts.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn engine_sends_a_text_the_contact_decrypts() {
+/// The engine on its own (no supervisor), resuming the device the gateway paired for `channel_id`. Returns once
+/// it is connected: the session, its further events and the phone number it reported.
+async fn resume_engine_alone(
+    db: &TestDb,
+    fake: &FakeWa,
+    channel_id: &str,
+) -> (
+    Box<dyn whatisup::engine::EngineSession>,
+    tokio::sync::mpsc::Receiver<whatisup::engine::EngineEvent>,
+    String,
+) {
     use whatisup::engine::whatsapp::{WhatsAppConfig, WhatsAppEngine};
-    use whatisup::engine::{Engine, EngineEvent, StartRequest, new_message_id};
-
-    let db = TestDb::new();
-    let fake = fake().await;
-    let gw = Gw::start(wa_config(&db, &fake)).await;
-    let keys = gw.customer("acme").await;
-    let api = Api::new(&gw.base, &keys.live);
-    let phone = "+15550004001";
-    let id = pair(&api, &fake, phone).await;
-    gw.stop().await;
-
+    use whatisup::engine::{Engine, EngineEvent, StartRequest};
     let pool = whatisup::store::connect(&db.url, 4).await.expect("pool");
     let master = whatisup::crypto::MasterKeys::from_bytes(std::array::from_fn(|i| i as u8), &[]);
     let engine = WhatsAppEngine::new(
@@ -276,7 +272,7 @@ async fn engine_sends_a_text_the_contact_decrypts() {
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     let session = engine
         .start(StartRequest {
-            channel_id: id.clone(),
+            channel_id: channel_id.to_string(),
             state: Some(b"{}".to_vec()),
             events: tx,
         })
@@ -294,6 +290,26 @@ async fn engine_sends_a_text_the_contact_decrypts() {
     })
     .await
     .expect("connected in time");
+    (session, rx, connected)
+}
+
+/// The engine on its own (no supervisor): it resumes a device the gateway paired, sends a text that the fake
+/// contact decrypts to exactly what was sent, under the message id fixed before the send, and reports the
+/// contact's receipts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_sends_a_text_the_contact_decrypts() {
+    use whatisup::engine::{EngineEvent, new_message_id};
+
+    let db = TestDb::new();
+    let fake = fake().await;
+    let gw = Gw::start(wa_config(&db, &fake)).await;
+    let keys = gw.customer("acme").await;
+    let api = Api::new(&gw.base, &keys.live);
+    let phone = "+15550004001";
+    let id = pair(&api, &fake, phone).await;
+    gw.stop().await;
+
+    let (session, mut rx, connected) = resume_engine_alone(&db, &fake, &id).await;
     assert_eq!(connected, phone);
 
     let texts = ["hello, contact", "second text — with ünïcode ✓"];
@@ -491,39 +507,7 @@ async fn gateway_sends_text_once_and_receipts_become_statuses() {
     gw.stop().await;
 
     // The same id again, as a gateway re-sending after a crash would: acknowledged, delivered to nobody.
-    use whatisup::engine::whatsapp::{WhatsAppConfig, WhatsAppEngine};
-    use whatisup::engine::{Engine, EngineEvent, StartRequest};
-    let pool = whatisup::store::connect(&db.url, 4).await.expect("pool");
-    let master = whatisup::crypto::MasterKeys::from_bytes(std::array::from_fn(|i| i as u8), &[]);
-    let engine = WhatsAppEngine::new(
-        pool,
-        std::sync::Arc::new(master),
-        WhatsAppConfig {
-            url: fake.ws_url(),
-            version: (2, 3000, 1042742319),
-            device_name: "whatisup".into(),
-        },
-    )
-    .expect("engine");
-    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
-    let session = engine
-        .start(StartRequest {
-            channel_id: id.clone(),
-            state: Some(b"{}".to_vec()),
-            events: tx,
-        })
-        .await
-        .expect("start");
-    tokio::time::timeout(T, async {
-        while let Some(ev) = rx.recv().await {
-            if let EngineEvent::Connected { .. } = ev {
-                return;
-            }
-        }
-        panic!("the session ended before connecting");
-    })
-    .await
-    .expect("connected in time");
+    let (session, _events, _) = resume_engine_alone(&db, &fake, &id).await;
     session
         .send_text("+15557650003", "through the gateway ✓", &wa_id)
         .await
