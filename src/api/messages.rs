@@ -47,19 +47,48 @@ fn valid_id(s: &str) -> bool {
 /// The checked request: what is stored.
 struct Valid {
     to: String,
-    text: String,
+    kind: &'static str,
+    content: Kind,
     client_ref: Option<String>,
     reply_to: Option<String>,
 }
 
+/// What each type carries.
+enum Kind {
+    Text(String),
+    Location(Location),
+    /// The target as the caller named it (resolved to a WhatsApp key before the insert), and the emoji.
+    Reaction {
+        target: String,
+        emoji: String,
+    },
+}
+
+struct Location {
+    latitude: f64,
+    longitude: f64,
+    name: Option<String>,
+    address: Option<String>,
+}
+
+/// Name and address of a location.
+pub const MAX_LOCATION_TEXT: usize = 256;
+
 fn validate(req: &pb::SendMessageRequest) -> ApiResult<Valid> {
-    match req.r#type.as_str() {
-        "text" => {}
-        "" => return Err(ApiError::invalid("type", "type is required (text)")),
-        t if MEDIA_TYPES.contains(&t) || t == "location" || t == "reaction" => {
+    let (kind, content) = match req.r#type.as_str() {
+        "text" => ("text", Kind::Text(validate_text(req)?)),
+        "location" => ("location", Kind::Location(validate_location(req)?)),
+        "reaction" => ("reaction", validate_reaction(req)?),
+        "" => {
             return Err(ApiError::invalid(
                 "type",
-                format!("{t} messages are not supported yet; send text"),
+                "type is required (text, location or reaction)",
+            ));
+        }
+        t if MEDIA_TYPES.contains(&t) => {
+            return Err(ApiError::invalid(
+                "type",
+                format!("{t} messages are not supported yet"),
             ));
         }
         t => {
@@ -68,7 +97,7 @@ fn validate(req: &pb::SendMessageRequest) -> ApiResult<Valid> {
                 format!("unknown message type \"{t}\""),
             ));
         }
-    }
+    };
     if req.to.is_empty() {
         return Err(ApiError::invalid("to", "to is required"));
     }
@@ -78,15 +107,6 @@ fn validate(req: &pb::SendMessageRequest) -> ApiResult<Valid> {
             "to must be an E.164 number (+15551234567) or a group id (<id>@g.us)",
         )
     })?;
-    if req.text.trim().is_empty() {
-        return Err(ApiError::invalid("text", "text is required"));
-    }
-    if req.text.chars().count() > MAX_TEXT_CHARS {
-        return Err(ApiError::invalid(
-            "text",
-            format!("text is longer than {MAX_TEXT_CHARS} characters"),
-        ));
-    }
     let client_ref = match &req.client_ref {
         None => None,
         Some(r) if r.is_empty() || r.chars().count() > MAX_CLIENT_REF => {
@@ -105,6 +125,13 @@ fn validate(req: &pb::SendMessageRequest) -> ApiResult<Valid> {
     };
     let reply_to = match &req.reply_to {
         None => None,
+        // WhatsApp has no quoted reactions: a reaction names its target itself.
+        Some(_) if kind == "reaction" => {
+            return Err(ApiError::invalid(
+                "reply_to",
+                "a reaction cannot be a reply; message_id names the message it reacts to",
+            ));
+        }
         Some(r) if valid_id(r) => Some(r.clone()),
         Some(_) => {
             return Err(ApiError::invalid(
@@ -115,10 +142,165 @@ fn validate(req: &pb::SendMessageRequest) -> ApiResult<Valid> {
     };
     Ok(Valid {
         to,
-        text: req.text.clone(),
+        kind,
+        content,
         client_ref,
         reply_to,
     })
+}
+
+/// Fields of other types must not ride along unnoticed.
+fn refuse_foreign(req: &pb::SendMessageRequest, kind: &str) -> ApiResult<()> {
+    let foreign = [
+        ("text", kind != "text" && !req.text.is_empty()),
+        ("latitude", kind != "location" && req.latitude.is_some()),
+        ("longitude", kind != "location" && req.longitude.is_some()),
+        ("name", kind != "location" && req.name.is_some()),
+        ("address", kind != "location" && req.address.is_some()),
+        ("message_id", kind != "reaction" && req.message_id.is_some()),
+        ("emoji", kind != "reaction" && req.emoji.is_some()),
+    ];
+    match foreign.iter().find(|(_, bad)| *bad) {
+        Some((field, _)) => Err(ApiError::invalid(
+            field,
+            format!("{field} does not belong to a {kind} message"),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn validate_text(req: &pb::SendMessageRequest) -> ApiResult<String> {
+    refuse_foreign(req, "text")?;
+    if req.text.trim().is_empty() {
+        return Err(ApiError::invalid("text", "text is required"));
+    }
+    if req.text.chars().count() > MAX_TEXT_CHARS {
+        return Err(ApiError::invalid(
+            "text",
+            format!("text is longer than {MAX_TEXT_CHARS} characters"),
+        ));
+    }
+    Ok(req.text.clone())
+}
+
+fn validate_location(req: &pb::SendMessageRequest) -> ApiResult<Location> {
+    refuse_foreign(req, "location")?;
+    let degrees = |field: &str, v: Option<f64>, max: f64| match v {
+        None => Err(ApiError::invalid(field, format!("{field} is required"))),
+        Some(x) if !x.is_finite() || x.abs() > max => Err(ApiError::invalid(
+            field,
+            format!("{field} must be between -{max} and {max}"),
+        )),
+        Some(x) => Ok(x),
+    };
+    let latitude = degrees("latitude", req.latitude, 90.0)?;
+    let longitude = degrees("longitude", req.longitude, 180.0)?;
+    let label = |field: &str, v: &Option<String>| match v {
+        None => Ok(None),
+        Some(s) if s.chars().count() > MAX_LOCATION_TEXT => Err(ApiError::invalid(
+            field,
+            format!("{field} is longer than {MAX_LOCATION_TEXT} characters"),
+        )),
+        Some(s) if s.chars().any(char::is_control) => Err(ApiError::invalid(
+            field,
+            format!("{field} must not contain control characters"),
+        )),
+        Some(s) if s.trim().is_empty() => Ok(None),
+        Some(s) => Ok(Some(s.clone())),
+    };
+    Ok(Location {
+        latitude,
+        longitude,
+        name: label("name", &req.name)?,
+        address: label("address", &req.address)?,
+    })
+}
+
+fn validate_reaction(req: &pb::SendMessageRequest) -> ApiResult<Kind> {
+    refuse_foreign(req, "reaction")?;
+    let target = match &req.message_id {
+        None => return Err(ApiError::invalid("message_id", "message_id is required")),
+        Some(m) if valid_id(m) => m.clone(),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "message_id",
+                "message_id must be a message id (msg_... or a WhatsApp id)",
+            ));
+        }
+    };
+    let emoji = match &req.emoji {
+        None => {
+            return Err(ApiError::invalid(
+                "emoji",
+                "emoji is required (\"\" removes an earlier reaction)",
+            ));
+        }
+        Some(e) if e.is_empty() || is_one_emoji(e) => e.clone(),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "emoji",
+                "emoji must be a single emoji, or \"\" to remove a reaction",
+            ));
+        }
+    };
+    Ok(Kind::Reaction { target, emoji })
+}
+
+/// Code points that start an emoji (a coarse table of the emoji blocks; WhatsApp itself decides what it shows).
+fn emoji_base(c: char) -> bool {
+    matches!(u32::from(c),
+        0x00A9 | 0x00AE | 0x203C | 0x2049 | 0x2122 | 0x2139 | 0x3030 | 0x303D | 0x3297 | 0x3299
+        | 0x2194..=0x21FF
+        | 0x2300..=0x23FF
+        | 0x24C2
+        | 0x25A0..=0x27BF
+        | 0x2934..=0x2935
+        | 0x2B00..=0x2BFF
+        | 0x1F000..=0x1FAFF)
+}
+
+/// One emoji grapheme: a base with its modifiers (skin tones, variation selector, tags), ZWJ sequences of such,
+/// a flag (two regional indicators) or a keycap. Without a Unicode segmentation table, this follows the emoji
+/// sequence grammar of UTS #51 closely enough to refuse text, several emoji and stray modifiers.
+pub fn is_one_emoji(s: &str) -> bool {
+    const ZWJ: u32 = 0x200D;
+    let is_ri = |c: u32| (0x1F1E6..=0x1F1FF).contains(&c);
+    let is_mod = |c: u32| {
+        c == 0xFE0F
+            || c == 0xFE0E
+            || (0x1F3FB..=0x1F3FF).contains(&c)
+            || (0xE0020..=0xE007F).contains(&c)
+    };
+    if s.is_empty() || s.len() > 64 {
+        return false;
+    }
+    let cs: Vec<u32> = s.chars().map(u32::from).collect();
+    // A flag: exactly two regional indicators.
+    if cs.iter().all(|c| is_ri(*c)) {
+        return cs.len() == 2;
+    }
+    // A keycap: 0-9, # or *, an optional VS16, then U+20E3.
+    if let Some(&first) = cs.first()
+        && (char::from_u32(first).is_some_and(|c| c.is_ascii_digit())
+            || first == 0x23
+            || first == 0x2A)
+    {
+        return matches!(&cs[1..], [0x20E3] | [0xFE0F, 0x20E3]);
+    }
+    let mut expect_base = true;
+    for &c in &cs {
+        if expect_base {
+            if !char::from_u32(c).is_some_and(emoji_base) || is_ri(c) || is_mod(c) {
+                return false;
+            }
+            expect_base = false;
+        } else if c == ZWJ {
+            expect_base = true;
+        } else if !is_mod(c) {
+            return false;
+        }
+    }
+    !expect_base
 }
 
 fn ts(s: Option<&str>) -> Option<crate::wkt::Timestamp> {
@@ -131,6 +313,23 @@ fn error_pb(v: Option<&Value>) -> Option<pb::MessageError> {
     Some(pb::MessageError {
         code: v["code"].as_str().unwrap_or_default().to_string(),
         message: v["message"].as_str().unwrap_or_default().to_string(),
+    })
+}
+
+fn location_pb(l: &Value) -> Option<pb::Location> {
+    Some(pb::Location {
+        latitude: l["latitude"].as_f64()?,
+        longitude: l["longitude"].as_f64()?,
+        name: l["name"].as_str().map(str::to_string),
+        address: l["address"].as_str().map(str::to_string),
+    })
+}
+
+fn reaction_pb(r: &Value) -> Option<pb::Reaction> {
+    Some(pb::Reaction {
+        message_id: r["id"].as_str()?.to_string(),
+        whatsapp_id: r["whatsapp_id"].as_str().unwrap_or_default().to_string(),
+        emoji: r["emoji"].as_str().unwrap_or_default().to_string(),
     })
 }
 
@@ -156,6 +355,8 @@ pub fn message_pb(m: &MessageRow) -> pb::Message {
         r#type: m.kind.clone(),
         text: m.body["text"].as_str().unwrap_or_default().to_string(),
         reply_to: m.body["reply_to"]["id"].as_str().map(str::to_string),
+        location: location_pb(&m.body["location"]),
+        reaction: reaction_pb(&m.body["reaction"]),
         status: m.status.clone(),
         error: error_pb(m.error.as_ref()),
         whatsapp_id: m.wa_id.clone(),
@@ -188,7 +389,26 @@ impl App {
         }
         let reply_to = match &v.reply_to {
             None => Value::Null,
-            Some(r) => self.quoted(&client, &ch.id, r, &v.to).await?,
+            Some(r) => self.quoted(&client, &ch.id, r, &v.to, "reply_to").await?,
+        };
+        let body = match &v.content {
+            Kind::Text(text) => json!({"text": text, "reply_to": reply_to}),
+            Kind::Location(l) => json!({
+                "location": {
+                    "latitude": l.latitude,
+                    "longitude": l.longitude,
+                    "name": l.name,
+                    "address": l.address,
+                },
+                "reply_to": reply_to,
+            }),
+            Kind::Reaction { target, emoji } => {
+                let mut r = self
+                    .quoted(&client, &ch.id, target, &v.to, "message_id")
+                    .await?;
+                r["emoji"] = emoji.as_str().into();
+                json!({"reaction": r})
+            }
         };
         let queued = store::queued_count(&client, &ch.id, self.cfg.outbox_max_per_channel).await?;
         if queued >= self.cfg.outbox_max_per_channel {
@@ -204,7 +424,6 @@ impl App {
         }
         let id = crate::store::new_id("msg");
         let wa_id = crate::engine::new_message_id();
-        let body = json!({"text": v.text, "reply_to": reply_to});
         let inserted = store::insert(
             &client,
             &NewMessage {
@@ -214,7 +433,7 @@ impl App {
                 channel_id: &ch.id,
                 wa_id: &wa_id,
                 to: &v.to,
-                kind: "text",
+                kind: v.kind,
                 body: &body,
                 client_ref: v.client_ref.as_deref(),
                 ttl_secs: i64::try_from(self.cfg.message_ttl_secs).unwrap_or(i64::MAX / 2),
@@ -244,31 +463,44 @@ impl App {
         }
     }
 
-    /// What a reply quotes: one of our messages, or a received one (its author comes from the event log).
+    /// What a reply quotes, or a reaction reacts to: one of ours (by our id or its WhatsApp id), or a received
+    /// message (its author comes from the event log). `participant` is None for our own message.
     async fn quoted(
         &self,
         client: &deadpool_postgres::Client,
         channel_id: &str,
-        reply_to: &str,
+        target: &str,
         to: &str,
+        field: &str,
     ) -> ApiResult<Value> {
-        if reply_to.starts_with("msg_") {
-            let row = store::get(client, channel_id, reply_to)
+        let ours = if target.starts_with("msg_") {
+            let row = store::get(client, channel_id, target)
                 .await?
-                .ok_or_else(|| ApiError::invalid("reply_to", "no such message on this channel"))?;
-            return Ok(json!({"id": reply_to, "whatsapp_id": row.wa_id, "participant": null}));
+                .ok_or_else(|| ApiError::invalid(field, "no such message on this channel"))?;
+            Some(row)
+        } else {
+            store::by_wa_id(client, channel_id, target).await?
+        };
+        if let Some(row) = ours {
+            if row.to != to {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("that message went to {}, not to {to}", row.to),
+                ));
+            }
+            return Ok(json!({"id": row.id, "whatsapp_id": row.wa_id, "participant": null}));
         }
         let from: Option<String> = client
             .query_opt(
                 "SELECT data->>'from' FROM events WHERE channel_id = $1 AND event = 'message.received'
                    AND data->>'message_id' = $2 LIMIT 1",
-                &[&channel_id, &reply_to],
+                &[&channel_id, &target],
             )
             .await?
             .and_then(|r| r.get(0));
         // A received message no longer in the log: in a chat with one person, they wrote it.
         let participant = from.or_else(|| (!to.ends_with("@g.us")).then(|| to.to_string()));
-        Ok(json!({"id": reply_to, "whatsapp_id": reply_to, "participant": participant}))
+        Ok(json!({"id": target, "whatsapp_id": target, "participant": participant}))
     }
 
     pub async fn get_message(
@@ -334,6 +566,45 @@ mod tests {
         assert!(normalize_to("+1555").is_none());
         assert!(normalize_to("abc@g.us").is_none());
         assert!(normalize_to("@g.us").is_none());
+    }
+
+    #[test]
+    fn one_emoji() {
+        for ok in [
+            "👍",
+            "👍🏽",
+            "❤️",
+            "❤",
+            "🇩🇪",
+            "1️⃣",
+            "#⃣",
+            "👨‍👩‍👧‍👦",
+            "🏳️‍🌈",
+            "🧑🏿‍🚀",
+            "©️",
+            "🏴\u{e0067}\u{e0062}\u{e0065}\u{e006e}\u{e0067}\u{e007f}",
+        ] {
+            assert!(is_one_emoji(ok), "{ok} is one emoji");
+        }
+        for bad in [
+            "",
+            "a",
+            "ok",
+            "👍👍",
+            "👍 ",
+            " 👍",
+            "🇩",
+            "🇩🇪🇫🇷",
+            "\u{1F3FD}",
+            "\u{FE0F}",
+            "👍\u{200D}",
+            "1",
+            "12⃣",
+            "—",
+            "👍a",
+        ] {
+            assert!(!is_one_emoji(bad), "{bad:?} is not one emoji");
+        }
     }
 
     #[test]

@@ -47,7 +47,9 @@ impl App {
             .detail("status", ch.status.as_str()));
         }
         let action_id = match &action {
-            SandboxAction::Inbound { message_id, .. } => Some(message_id.clone()),
+            SandboxAction::Inbound { message_id, .. }
+            | SandboxAction::InboundLocation { message_id, .. }
+            | SandboxAction::InboundReaction { message_id, .. } => Some(message_id.clone()),
             _ => None,
         };
         let (reply, rx) = oneshot::channel();
@@ -128,6 +130,17 @@ pub fn inbound(r: pb::SandboxInboundRequest) -> ApiResult<(String, SandboxAction
             "from must be E.164 (+15551234567) or a group id (<id>@g.us)",
         ));
     }
+    match r.r#type.as_deref() {
+        None | Some("text") => {}
+        Some("location") => return inbound_location(r),
+        Some("reaction") => return inbound_reaction(r),
+        Some(t) => {
+            return Err(ApiError::invalid(
+                "type",
+                format!("unknown inbound type \"{t}\"; try text, location or reaction"),
+            ));
+        }
+    }
     if r.text.is_empty() {
         return Err(ApiError::invalid("text", "text is required"));
     }
@@ -140,10 +153,74 @@ pub fn inbound(r: pb::SandboxInboundRequest) -> ApiResult<(String, SandboxAction
     Ok((
         r.id,
         SandboxAction::Inbound {
-            // WhatsApp-like id, chosen here so the answer carries it wherever the session runs.
-            message_id: format!("3EB0{}", crate::crypto::random_base62(16).to_uppercase()),
+            message_id: inbound_id(),
             from: r.from,
             text: r.text,
+        },
+    ))
+}
+
+/// WhatsApp-like id, chosen here so the answer carries it wherever the session runs.
+fn inbound_id() -> String {
+    format!("3EB0{}", crate::crypto::random_base62(16).to_uppercase())
+}
+
+fn inbound_location(r: pb::SandboxInboundRequest) -> ApiResult<(String, SandboxAction)> {
+    let degrees = |field: &str, v: Option<f64>, max: f64| match v {
+        None => Err(ApiError::invalid(field, format!("{field} is required"))),
+        Some(x) if !x.is_finite() || x.abs() > max => Err(ApiError::invalid(
+            field,
+            format!("{field} must be between -{max} and {max}"),
+        )),
+        Some(x) => Ok(x),
+    };
+    let latitude = degrees("latitude", r.latitude, 90.0)?;
+    let longitude = degrees("longitude", r.longitude, 180.0)?;
+    let max = crate::api::messages::MAX_LOCATION_TEXT;
+    for (field, v) in [("name", &r.name), ("address", &r.address)] {
+        if v.as_ref().is_some_and(|s| s.chars().count() > max) {
+            return Err(ApiError::invalid(
+                field,
+                format!("{field} is longer than {max} characters"),
+            ));
+        }
+    }
+    Ok((
+        r.id,
+        SandboxAction::InboundLocation {
+            message_id: inbound_id(),
+            from: r.from,
+            latitude,
+            longitude,
+            name: r.name,
+            address: r.address,
+        },
+    ))
+}
+
+fn inbound_reaction(r: pb::SandboxInboundRequest) -> ApiResult<(String, SandboxAction)> {
+    let target = match r.message_id {
+        Some(m) if !m.is_empty() && m.len() <= 128 => m,
+        _ => {
+            return Err(ApiError::invalid(
+                "message_id",
+                "message_id (the message reacted to) is required",
+            ));
+        }
+    };
+    let emoji = r
+        .emoji
+        .ok_or_else(|| ApiError::invalid("emoji", "emoji is required (\"\" removes a reaction)"))?;
+    if !emoji.is_empty() && !crate::api::messages::is_one_emoji(&emoji) {
+        return Err(ApiError::invalid("emoji", "emoji must be a single emoji"));
+    }
+    Ok((
+        r.id,
+        SandboxAction::InboundReaction {
+            message_id: inbound_id(),
+            from: r.from,
+            target,
+            emoji,
         },
     ))
 }

@@ -85,8 +85,30 @@ pub struct InboundMessage {
     /// E.164 sender or "<id>@g.us".
     pub from: String,
     pub timestamp: DateTime<Utc>,
-    /// `message.received` data: type, text, media, ...
+    /// `message.received` data: type, text, media, ... A body with `"event": "message.reaction"` is a reaction
+    /// instead: `{"event", "whatsapp_id" (the message reacted to), "emoji"}`.
     pub body: Value,
+}
+
+/// The `event` key of an [`InboundMessage`] body that makes it a reaction.
+pub const REACTION_EVENT: &str = "message.reaction";
+
+/// The body of an inbound reaction to the message with WhatsApp id `target`.
+pub fn reaction_body(target: &str, emoji: &str) -> Value {
+    serde_json::json!({"event": REACTION_EVENT, "whatsapp_id": target, "emoji": emoji})
+}
+
+/// The `message.received` body of a location.
+pub fn location_body(
+    latitude: f64,
+    longitude: f64,
+    name: Option<&str>,
+    address: Option<&str>,
+) -> Value {
+    serde_json::json!({
+        "type": "location",
+        "location": {"latitude": latitude, "longitude": longitude, "name": name, "address": address},
+    })
 }
 
 #[derive(Debug)]
@@ -162,6 +184,23 @@ pub enum SandboxAction {
         message_id: String,
         status: ReceiptStatus,
     },
+    /// A location arrives (`message.received`, type location).
+    InboundLocation {
+        message_id: String,
+        from: String,
+        latitude: f64,
+        longitude: f64,
+        name: Option<String>,
+        address: Option<String>,
+    },
+    /// A contact reacts to a message (`message.reaction`); `target` is our id (`msg_...`), our message's
+    /// WhatsApp id, or any WhatsApp id. An empty emoji removes the reaction.
+    InboundReaction {
+        message_id: String,
+        from: String,
+        target: String,
+        emoji: String,
+    },
 }
 
 #[async_trait]
@@ -184,8 +223,34 @@ pub struct Outgoing<'a> {
     pub to: &'a str,
     /// The WhatsApp id, fixed before the first attempt; every attempt carries it.
     pub message_id: &'a str,
-    pub text: &'a str,
+    pub content: Content<'a>,
     pub reply_to: Option<Quoted<'a>>,
+}
+
+/// What an outbound message carries.
+#[derive(Debug, Clone, Copy)]
+pub enum Content<'a> {
+    Text(&'a str),
+    Location {
+        latitude: f64,
+        longitude: f64,
+        name: Option<&'a str>,
+        address: Option<&'a str>,
+    },
+    Reaction(Reaction<'a>),
+}
+
+/// A reaction names the message it reacts to by its WhatsApp key.
+#[derive(Debug, Clone, Copy)]
+pub struct Reaction<'a> {
+    /// The WhatsApp id of the message reacted to.
+    pub message_id: &'a str,
+    /// The message is ours (we sent it).
+    pub from_me: bool,
+    /// Its author (E.164) when someone else wrote it.
+    pub participant: Option<&'a str>,
+    /// One emoji; "" removes an earlier reaction.
+    pub emoji: &'a str,
 }
 
 /// The message a reply quotes.
@@ -206,7 +271,12 @@ pub trait EngineSession: Send + Sync {
     /// Sends an outbound message (a text, possibly quoting another). A send repeated with the same id (after a
     /// crash) is dropped by WhatsApp's servers as a duplicate.
     async fn send(&self, m: &Outgoing<'_>) -> Result<(), EngineError> {
-        self.send_text(m.to, m.text, m.message_id).await
+        match m.content {
+            Content::Text(text) => self.send_text(m.to, text, m.message_id).await,
+            _ => Err(EngineError::InvalidState(
+                "this engine sends text only".into(),
+            )),
+        }
     }
     /// Unlinks the device from the account.
     async fn logout(&self) -> Result<(), EngineError>;

@@ -144,7 +144,7 @@ impl EngineSession for SandboxSession {
         self.send(&super::Outgoing {
             to,
             message_id: id,
-            text,
+            content: super::Content::Text(text),
             reply_to: None,
         })
         .await
@@ -163,8 +163,30 @@ impl EngineSession for SandboxSession {
             .get()
             .await
             .map_err(|e| EngineError::Network(format!("simulated server: {e}")))?;
-        let body =
-            serde_json::json!({"text": m.text, "reply_to": m.reply_to.map(|q| q.message_id)});
+        let reply_to = m.reply_to.map(|q| q.message_id);
+        // What the simulated server saw, as the contact's phone would show it.
+        let body = match m.content {
+            super::Content::Text(text) => serde_json::json!({"text": text, "reply_to": reply_to}),
+            super::Content::Location {
+                latitude,
+                longitude,
+                name,
+                address,
+            } => serde_json::json!({
+                "type": "location",
+                "location": {"latitude": latitude, "longitude": longitude, "name": name, "address": address},
+                "reply_to": reply_to,
+            }),
+            super::Content::Reaction(r) => serde_json::json!({
+                "type": "reaction",
+                "reaction": {
+                    "message_id": r.message_id,
+                    "from_me": r.from_me,
+                    "participant": r.participant,
+                    "emoji": r.emoji,
+                },
+            }),
+        };
         client
             .execute(
                 "INSERT INTO sandbox_accepted (channel_id, wa_id, to_addr, body) VALUES ($1, $2, $3, $4)
@@ -351,6 +373,39 @@ impl Phone {
         }
     }
 
+    /// An inbound message from the simulated contact; answered once the gateway committed it. False when the
+    /// session has ended.
+    async fn deliver(
+        &self,
+        message_id: String,
+        from: String,
+        body: serde_json::Value,
+        reply: Reply,
+    ) -> bool {
+        let (ack, acked) = oneshot::channel();
+        let messages = vec![InboundMessage {
+            message_id: message_id.clone(),
+            from,
+            timestamp: Utc::now(),
+            body,
+        }];
+        if !self.emit(EngineEvent::Inbound { messages, ack }).await {
+            let _ = reply.send(Err(EngineError::InvalidState(
+                "the session has ended".into(),
+            )));
+            return false;
+        }
+        // Like WhatsApp: the message counts as delivered only once the gateway committed it.
+        let r = match tokio::time::timeout(Duration::from_secs(10), acked).await {
+            Ok(Ok(())) => Ok(Some(message_id)),
+            _ => Err(EngineError::Other(
+                "the gateway did not commit the message".into(),
+            )),
+        };
+        let _ = reply.send(r);
+        true
+    }
+
     /// One request to the paired phone; false when the session ends with it.
     async fn on_ctl(&self, ctl: Ctl, reply: Reply) -> bool {
         match ctl {
@@ -405,27 +460,33 @@ impl Phone {
                     from,
                     text,
                 } => {
-                    let (ack, acked) = oneshot::channel();
-                    let messages = vec![InboundMessage {
-                        message_id: message_id.clone(),
-                        from: from.clone(),
-                        timestamp: Utc::now(),
-                        body: serde_json::json!({"type": "text", "text": text}),
-                    }];
-                    if !self.emit(EngineEvent::Inbound { messages, ack }).await {
-                        let _ = reply.send(Err(EngineError::InvalidState(
-                            "the session has ended".into(),
-                        )));
-                        return false;
-                    }
-                    // Like WhatsApp: the message counts as delivered only once the gateway committed it.
-                    let r = match tokio::time::timeout(Duration::from_secs(10), acked).await {
-                        Ok(Ok(())) => Ok(Some(message_id)),
-                        _ => Err(EngineError::Other(
-                            "the gateway did not commit the message".into(),
-                        )),
-                    };
-                    let _ = reply.send(r);
+                    let body = serde_json::json!({"type": "text", "text": text});
+                    return self.deliver(message_id, from, body, reply).await;
+                }
+                SandboxAction::InboundLocation {
+                    message_id,
+                    from,
+                    latitude,
+                    longitude,
+                    name,
+                    address,
+                } => {
+                    let body = super::location_body(
+                        latitude,
+                        longitude,
+                        name.as_deref(),
+                        address.as_deref(),
+                    );
+                    return self.deliver(message_id, from, body, reply).await;
+                }
+                SandboxAction::InboundReaction {
+                    message_id,
+                    from,
+                    target,
+                    emoji,
+                } => {
+                    let body = super::reaction_body(&target, &emoji);
+                    return self.deliver(message_id, from, body, reply).await;
                 }
                 SandboxAction::Receipt { message_id, status } => {
                     let ok = self

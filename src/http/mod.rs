@@ -360,7 +360,7 @@ async fn sandbox_outbound(
     }
     let rows = client
         .query(
-            "SELECT wa_id, to_addr, body->>'text', duplicates, accepted_at FROM sandbox_accepted
+            "SELECT wa_id, to_addr, body->>'text', duplicates, accepted_at, body FROM sandbox_accepted
              WHERE channel_id = $1 ORDER BY accepted_at, wa_id LIMIT 20000",
             &[&ch.id],
         )
@@ -368,13 +368,20 @@ async fn sandbox_outbound(
     let data: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
-            serde_json::json!({
+            let mut v = serde_json::json!({
                 "whatsapp_id": r.get::<_, String>(0),
                 "to": r.get::<_, String>(1),
                 "text": r.get::<_, Option<String>>(2),
                 "duplicates": r.get::<_, i32>(3),
                 "accepted_at": crate::wkt::rfc3339(r.get(4)),
-            })
+            });
+            // Kinds other than text show their type and their own object (location, reaction).
+            let body: serde_json::Value = r.get(5);
+            if let Some(kind) = body["type"].as_str().filter(|k| *k != "text") {
+                v["type"] = kind.into();
+                v[kind] = body[kind].clone();
+            }
+            v
         })
         .collect();
     Ok(Json(serde_json::json!({"data": data})))

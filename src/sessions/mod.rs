@@ -725,8 +725,10 @@ impl Session {
         let lookup = async {
             let stmt = client
                 .prepare_cached(
-                    "SELECT data->>'message_id', data->>'from' FROM events \
-                     WHERE channel_id = $1 AND event = 'message.received' AND data->>'message_id' = ANY($2)",
+                        "SELECT data->>'message_id', data->>'from' FROM events \
+                     WHERE channel_id = $1 AND event = 'message.received' AND data->>'message_id' = ANY($2) \
+                     UNION ALL SELECT data->>'reaction_id', data->>'from' FROM events \
+                     WHERE channel_id = $1 AND event = 'message.reaction' AND data->>'reaction_id' = ANY($2)",
                 )
                 .await?;
             client.query(&stmt, &[&self.channel_id, &ids]).await
@@ -744,6 +746,34 @@ impl Session {
                 ))
             })
             .collect())
+    }
+
+    /// Our messages that these inbound reactions react to, by the id they name (ours or its WhatsApp id) →
+    /// (our id, WhatsApp id). No query when the batch holds no reaction.
+    async fn reaction_targets(
+        &self,
+        messages: &[crate::engine::InboundMessage],
+    ) -> Result<std::collections::HashMap<String, (String, String)>, Outcome> {
+        let ids: Vec<&str> = messages
+            .iter()
+            .filter_map(|m| reaction_target(&m.body))
+            .collect();
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let client = self.node.pool.get().await.map_err(|_| Outcome::Retry)?;
+        let rows = crate::store::messages::ids_of(&client, &self.channel_id, &ids)
+            .await
+            .map_err(|e| {
+                tracing::warn!(channel_id = %self.channel_id, error = %e, "reaction target lookup failed");
+                Outcome::Retry
+            })?;
+        let mut map = std::collections::HashMap::new();
+        for (id, wa_id) in rows {
+            map.insert(wa_id.clone(), (id.clone(), wa_id.clone()));
+            map.insert(id.clone(), (id, wa_id));
+        }
+        Ok(map)
     }
 
     /// One engine session, from start to its end.
@@ -977,11 +1007,29 @@ impl Session {
                 // Redeliveries (our ack was lost) of what is already committed are acknowledged again and add
                 // nothing; so are repeats within the batch.
                 let seen = Box::pin(self.already_committed(&messages)).await?;
+                let targets = Box::pin(self.reaction_targets(&messages)).await?;
                 let mut op = self.op();
                 let mut taken = std::collections::HashSet::new();
                 for message in messages {
                     let key = (message.message_id, message.from);
                     if seen.contains(&key) || !taken.insert(key.clone()) {
+                        continue;
+                    }
+                    if let Some(target) = reaction_target(&message.body) {
+                        // Our own message is named by our id; anything else by its WhatsApp id.
+                        let (id, wa_id) = targets
+                            .get(target)
+                            .cloned()
+                            .unwrap_or_else(|| (target.to_string(), target.to_string()));
+                        let data = json!({
+                            "message_id": id,
+                            "whatsapp_id": wa_id,
+                            "emoji": message.body["emoji"],
+                            "from": key.1,
+                            "reaction_id": key.0,
+                            "timestamp": rfc3339(message.timestamp),
+                        });
+                        op.events.push((crate::engine::REACTION_EVENT, data));
                         continue;
                     }
                     let mut data = json!({
@@ -1021,6 +1069,14 @@ impl Session {
             } => Box::pin(self.on_receipt(message_id, status, at)).await,
         }
     }
+}
+
+/// The message an inbound reaction reacts to (None: not a reaction).
+fn reaction_target(body: &serde_json::Value) -> Option<&str> {
+    if body["event"].as_str() != Some(crate::engine::REACTION_EVENT) {
+        return None;
+    }
+    body["whatsapp_id"].as_str()
 }
 
 #[cfg(test)]

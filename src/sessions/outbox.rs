@@ -10,7 +10,7 @@
 //! session holds no sender task.
 
 use super::Node;
-use crate::engine::{EngineError, EngineSession, Outgoing, Quoted};
+use crate::engine::{Content, EngineError, EngineSession, Outgoing, Quoted, Reaction};
 use crate::events::{Fence, MessageChange, MessageWrite, Op, OpOutcome};
 use crate::store::messages::{self, MessageRow};
 use crate::wkt::rfc3339;
@@ -290,7 +290,6 @@ impl Drain {
     }
 
     async fn send(&self, row: &MessageRow) -> Result<(), EngineError> {
-        let text = row.body["text"].as_str().unwrap_or_default();
         let reply_to = row.body["reply_to"]["whatsapp_id"]
             .as_str()
             .map(|id| Quoted {
@@ -300,7 +299,7 @@ impl Drain {
         let m = Outgoing {
             to: &row.to,
             message_id: &row.wa_id,
-            text,
+            content: content(row)?,
             reply_to,
         };
         match tokio::time::timeout(self.node.cfg.send_timeout(), self.session.send(&m)).await {
@@ -308,6 +307,40 @@ impl Drain {
             Err(_) => Err(EngineError::Network("the send timed out".into())),
         }
     }
+}
+
+/// The content of a stored message, by its type and body (as the API stored them).
+fn content(row: &MessageRow) -> Result<Content<'_>, EngineError> {
+    let b = &row.body;
+    let bad = || EngineError::InvalidState(format!("malformed stored {} message", row.kind));
+    Ok(match row.kind.as_str() {
+        "text" => Content::Text(b["text"].as_str().unwrap_or_default()),
+        "location" => {
+            let l = &b["location"];
+            Content::Location {
+                latitude: l["latitude"].as_f64().ok_or_else(bad)?,
+                longitude: l["longitude"].as_f64().ok_or_else(bad)?,
+                name: l["name"].as_str(),
+                address: l["address"].as_str(),
+            }
+        }
+        "reaction" => {
+            let r = &b["reaction"];
+            let participant = r["participant"].as_str();
+            Content::Reaction(Reaction {
+                message_id: r["whatsapp_id"].as_str().ok_or_else(bad)?,
+                // The API leaves the author out for our own messages only.
+                from_me: participant.is_none(),
+                participant,
+                emoji: r["emoji"].as_str().unwrap_or_default(),
+            })
+        }
+        other => {
+            return Err(EngineError::InvalidState(format!(
+                "unknown message type {other}"
+            )));
+        }
+    })
 }
 
 #[cfg(test)]

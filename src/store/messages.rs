@@ -251,3 +251,38 @@ pub async fn with_queued(
         .map(|r| r.get(0))
         .collect())
 }
+
+/// Our message behind a WhatsApp id (a reaction or a reply may name it by that id).
+pub async fn by_wa_id(
+    db: &impl GenericClient,
+    channel_id: &str,
+    wa_id: &str,
+) -> Result<Option<MessageRow>, tokio_postgres::Error> {
+    let sql =
+        format!("SELECT {COLUMNS} FROM messages WHERE channel_id = $1 AND wa_id = $2 LIMIT 1");
+    Ok(db
+        .query_opt(&sql, &[&channel_id, &wa_id])
+        .await?
+        .map(|r| MessageRow::from_row(&r)))
+}
+
+/// Our messages named by these ids, each our id or its WhatsApp id (inbound reactions name the message they
+/// react to): (id, wa_id) pairs, one query.
+pub async fn ids_of(
+    db: &impl GenericClient,
+    channel_id: &str,
+    any_ids: &[&str],
+) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    if any_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(db
+        .query(
+            "SELECT id, wa_id FROM messages WHERE channel_id = $1 AND (wa_id = ANY($2) OR id = ANY($2))",
+            &[&channel_id, &any_ids],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}

@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "messages",
         include_str!("../../migrations/0006_messages.sql"),
     ),
+    (
+        8,
+        "reactions_cleanup",
+        include_str!("../../migrations/0008_reactions_cleanup.sql"),
+    ),
 ];
 
 /// Serialises migrations (and the first-start bootstrap) across nodes starting together.

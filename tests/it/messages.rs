@@ -233,7 +233,7 @@ async fn text_is_sent_once_and_receipts_become_statuses() {
                 r#type: "text".into(),
                 text: "over gRPC".into(),
                 client_ref: Some("g-1".into()),
-                reply_to: None,
+                ..Default::default()
             },
             &keys.test,
         ))
@@ -796,5 +796,376 @@ async fn crash_between_send_and_commit_sends_once() {
         "the re-send was recognised: {got:?}"
     );
     let _ = b.terminate().await;
+    db.drop_db().await;
+}
+
+/// Location and reaction sends: strict validation (the field named, nothing stored), GET shows each kind's
+/// fields, the simulated server receives what WhatsApp would (a reaction names its target by the WhatsApp key),
+/// replies work for locations, and gRPC takes the same fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn location_and_reaction_sends() {
+    let db = TestDb::new();
+    let gw = Gw::start(config(&db)).await;
+    let keys = gw.customer("acme").await;
+    let api = Api::new(&gw.base, &keys.test);
+    let ch = api.connected_channel("c").await;
+    let to = "+15551230101";
+    let loc = |extra: Value| {
+        let mut b = json!({"to": to, "type": "location", "latitude": 52.52, "longitude": 13.405});
+        if let (Value::Object(b), Value::Object(e)) = (&mut b, extra) {
+            for (k, v) in e {
+                if v.is_null() {
+                    b.remove(&k);
+                } else {
+                    b.insert(k, v);
+                }
+            }
+        }
+        b
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (loc(json!({"latitude": null})), "latitude"),
+        (loc(json!({"longitude": null})), "longitude"),
+        (loc(json!({"latitude": 90.5})), "latitude"),
+        (loc(json!({"latitude": -91})), "latitude"),
+        (loc(json!({"longitude": 180.01})), "longitude"),
+        (loc(json!({"longitude": "east"})), "longitude"),
+        (loc(json!({"name": "n".repeat(257)})), "name"),
+        (loc(json!({"address": "a".repeat(257)})), "address"),
+        (loc(json!({"text": "hi"})), "text"),
+        (loc(json!({"emoji": "👍"})), "emoji"),
+        (loc(json!({"reply_to": "msg_NOPE"})), "reply_to"),
+        (
+            json!({"to": to, "type": "reaction", "emoji": "👍"}),
+            "message_id",
+        ),
+        (
+            json!({"to": to, "type": "reaction", "message_id": "msg_NOPE", "emoji": "👍"}),
+            "message_id",
+        ),
+        (
+            json!({"to": to, "type": "reaction", "message_id": "a b", "emoji": "👍"}),
+            "message_id",
+        ),
+        (
+            json!({"to": to, "type": "reaction", "message_id": "3EB0AA"}),
+            "emoji",
+        ),
+        (
+            json!({"to": to, "type": "reaction", "message_id": "3EB0AA", "emoji": "ok"}),
+            "emoji",
+        ),
+        (
+            json!({"to": to, "type": "reaction", "message_id": "3EB0AA", "emoji": "👍👍"}),
+            "emoji",
+        ),
+        (
+            json!({"to": to, "type": "reaction", "message_id": "3EB0AA", "emoji": "👍", "reply_to": "3EB0AB"}),
+            "reply_to",
+        ),
+        (
+            json!({"to": to, "type": "reaction", "message_id": "3EB0AA", "emoji": "👍", "latitude": 1}),
+            "latitude",
+        ),
+        (
+            json!({"to": to, "type": "text", "text": "hi", "latitude": 1}),
+            "latitude",
+        ),
+    ];
+    for (body, field) in cases {
+        let (s, r) = api.post(&msgs(&ch), body.clone()).await;
+        assert_eq!(s, 400, "{body} → {r}");
+        assert_eq!(r["error"]["code"], "invalid_request");
+        assert_eq!(r["error"]["details"]["field"], field, "{body} → {r}");
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM messages").await, 0);
+
+    // A location, with name and address.
+    let (s, r) = api
+        .post(
+            &msgs(&ch),
+            loc(json!({"name": "Fernsehturm", "address": "Panoramastraße 1A, Berlin"})),
+        )
+        .await;
+    assert_eq!(s, 202, "{r}");
+    let lid = r["message_id"].as_str().expect("id").to_string();
+    let m = wait_message(&api, &ch, &lid, "sent").await;
+    assert_eq!(m["type"], "location");
+    assert_eq!(
+        m["location"],
+        json!({"latitude": 52.52, "longitude": 13.405, "name": "Fernsehturm", "address": "Panoramastraße 1A, Berlin"}),
+        "{m}"
+    );
+    let got = accepted(&api, &ch).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["type"], "location");
+    assert_eq!(got[0]["location"]["latitude"], 52.52);
+    assert_eq!(got[0]["whatsapp_id"], m["whatsapp_id"]);
+
+    // Extremes are valid; a reply with a location quotes our message.
+    let (s, r) = api
+        .post(
+            &msgs(&ch),
+            loc(json!({"latitude": -90, "longitude": 180, "reply_to": lid})),
+        )
+        .await;
+    assert_eq!(s, 202, "{r}");
+    let m = wait_message(&api, &ch, r["message_id"].as_str().expect("id"), "sent").await;
+    assert_eq!(m["reply_to"], lid.as_str());
+    assert_eq!(m["location"]["name"], Value::Null);
+
+    // A reaction to our own message, by our id and by its WhatsApp id; then its removal.
+    let (s, r) = api.post(&msgs(&ch), text(to, "react to me")).await;
+    assert_eq!(s, 202, "{r}");
+    let tid = r["message_id"].as_str().expect("id").to_string();
+    let t = wait_message(&api, &ch, &tid, "sent").await;
+    let t_wa = t["whatsapp_id"].as_str().expect("wa").to_string();
+    let mut reactions = vec![];
+    for (target, emoji) in [(&tid, "👍"), (&t_wa, "❤️"), (&tid, "👍🏽"), (&tid, "")] {
+        let (s, r) = api
+            .post(
+                &msgs(&ch),
+                json!({"to": to, "type": "reaction", "message_id": target, "emoji": emoji}),
+            )
+            .await;
+        assert_eq!(s, 202, "{emoji} → {r}");
+        let m = wait_message(&api, &ch, r["message_id"].as_str().expect("id"), "sent").await;
+        assert_eq!(m["type"], "reaction");
+        assert_eq!(
+            m["reaction"],
+            json!({"message_id": tid, "whatsapp_id": t_wa, "emoji": emoji}),
+            "{m}"
+        );
+        reactions.push(m["whatsapp_id"].as_str().expect("wa").to_string());
+    }
+    let got = accepted(&api, &ch).await;
+    for (i, wa) in reactions.iter().enumerate() {
+        let a = got
+            .iter()
+            .find(|a| a["whatsapp_id"] == wa.as_str())
+            .expect("accepted");
+        assert_eq!(a["type"], "reaction");
+        assert_eq!(a["reaction"]["message_id"], t_wa.as_str(), "{a}");
+        assert_eq!(a["reaction"]["from_me"], true, "{a}");
+        assert_eq!(a["reaction"]["emoji"], ["👍", "❤️", "👍🏽", ""][i]);
+    }
+    // A reaction to our message must go to the chat the message went to.
+    let (s, r) = api
+        .post(
+            &msgs(&ch),
+            json!({"to": "+15551230199", "type": "reaction", "message_id": tid, "emoji": "👍"}),
+        )
+        .await;
+    assert_eq!(s, 400, "{r}");
+    assert_eq!(r["error"]["details"]["field"], "message_id");
+
+    // A reaction to a received message: its WhatsApp id, not ours.
+    let (s, r) = api
+        .post(
+            &format!("/v1/channels/{ch}/sandbox/inbound"),
+            json!({"from": to, "text": "hi there"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let rid = r["message_id"].as_str().expect("inbound id").to_string();
+    let (s, r) = api
+        .post(
+            &msgs(&ch),
+            json!({"to": to, "type": "reaction", "message_id": rid, "emoji": "🇩🇪"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{r}");
+    let m = wait_message(&api, &ch, r["message_id"].as_str().expect("id"), "sent").await;
+    assert_eq!(m["reaction"]["message_id"], rid.as_str());
+    assert_eq!(m["reaction"]["whatsapp_id"], rid.as_str());
+    let got = accepted(&api, &ch).await;
+    let a = got
+        .iter()
+        .find(|a| a["whatsapp_id"] == m["whatsapp_id"])
+        .expect("accepted");
+    assert_eq!(a["reaction"]["from_me"], false, "{a}");
+    assert_eq!(a["reaction"]["message_id"], rid.as_str());
+
+    // gRPC: the same fields.
+    let mut grpc = pb::message_service_client::MessageServiceClient::connect(gw.base.clone())
+        .await
+        .expect("grpc");
+    let sent = grpc
+        .send_message(authed(
+            pb::SendMessageRequest {
+                channel_id: ch.clone(),
+                to: to.into(),
+                r#type: "location".into(),
+                latitude: Some(-33.8568),
+                longitude: Some(151.2153),
+                name: Some("Opera House".into()),
+                ..Default::default()
+            },
+            &keys.test,
+        ))
+        .await
+        .expect("send")
+        .into_inner();
+    let got = grpc
+        .get_message(authed(
+            pb::GetMessageRequest {
+                channel_id: ch.clone(),
+                message_id: sent.message_id.clone(),
+            },
+            &keys.test,
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    let l = got.location.expect("location");
+    assert_eq!((l.latitude, l.longitude), (-33.8568, 151.2153));
+    assert_eq!(l.name.as_deref(), Some("Opera House"));
+    assert!(got.reaction.is_none());
+    let err = grpc
+        .send_message(authed(
+            pb::SendMessageRequest {
+                channel_id: ch.clone(),
+                to: to.into(),
+                r#type: "reaction".into(),
+                message_id: Some(tid.clone()),
+                emoji: Some("not one".into()),
+                ..Default::default()
+            },
+            &keys.test,
+        ))
+        .await
+        .expect_err("invalid emoji");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    gw.stop().await;
+    db.drop_db().await;
+}
+
+/// The simulated phone sends a location (`message.received`, type location) and reactions (`message.reaction`):
+/// a reaction to one of our sends names our id and its WhatsApp id, any other names the WhatsApp id. Each is
+/// committed before the action answers (as the real engine commits before it acknowledges).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_location_and_reactions() {
+    let db = TestDb::new();
+    let gw = Gw::start(config(&db)).await;
+    let keys = gw.customer("acme").await;
+    let api = Api::new(&gw.base, &keys.test);
+    let ch = api.connected_channel("c").await;
+    let inbound = format!("/v1/channels/{ch}/sandbox/inbound");
+    let from = "+15551230201";
+    let stored = |event: &'static str, id: String| {
+        let db = &db;
+        async move {
+            db.client()
+                .await
+                .query(
+                    "SELECT data FROM events WHERE event = $1 AND (data->>'message_id' = $2 OR data->>'reaction_id' = $2)",
+                    &[&event, &id],
+                )
+                .await
+                .expect("events")
+                .iter()
+                .map(|r| r.get::<_, Value>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+
+    for (body, field) in [
+        (json!({"from": from, "type": "poll"}), "type"),
+        (
+            json!({"from": from, "type": "location", "longitude": 1}),
+            "latitude",
+        ),
+        (
+            json!({"from": from, "type": "location", "latitude": 1, "longitude": 200}),
+            "longitude",
+        ),
+        (
+            json!({"from": from, "type": "reaction", "emoji": "👍"}),
+            "message_id",
+        ),
+        (
+            json!({"from": from, "type": "reaction", "message_id": "3EB0AA", "emoji": "yes"}),
+            "emoji",
+        ),
+        (
+            json!({"from": from, "type": "reaction", "message_id": "3EB0AA"}),
+            "emoji",
+        ),
+    ] {
+        let (s, r) = api.post(&inbound, body.clone()).await;
+        assert_eq!(s, 400, "{body} → {r}");
+        assert_eq!(r["error"]["details"]["field"], field, "{body} → {r}");
+    }
+
+    let (s, r) = api
+        .post(
+            &inbound,
+            json!({"from": from, "type": "location", "latitude": 48.8584, "longitude": 2.2945, "name": "Tour Eiffel"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let lid = r["message_id"].as_str().expect("id").to_string();
+    // Committed before the answer.
+    let got = stored("message.received", lid.clone()).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["type"], "location");
+    assert_eq!(got[0]["from"], from);
+    assert_eq!(
+        got[0]["location"],
+        json!({"latitude": 48.8584, "longitude": 2.2945, "name": "Tour Eiffel", "address": null})
+    );
+
+    // Reactions to our message (by our id and by its WhatsApp id), to a received one, and a removal.
+    let (s, r) = api.post(&msgs(&ch), text(from, "like this")).await;
+    assert_eq!(s, 202, "{r}");
+    let mid = r["message_id"].as_str().expect("id").to_string();
+    let m = wait_message(&api, &ch, &mid, "sent").await;
+    let wa = m["whatsapp_id"].as_str().expect("wa").to_string();
+    let mut sse = Sse::open(
+        &gw.base,
+        &format!("channel_id={ch}&events=message.reaction"),
+        &keys.test,
+        Some("0"),
+    )
+    .await;
+    let cases = [
+        (mid.as_str(), "👍", mid.as_str(), wa.as_str()),
+        (wa.as_str(), "😂", mid.as_str(), wa.as_str()),
+        (lid.as_str(), "🔥", lid.as_str(), lid.as_str()),
+        (wa.as_str(), "", mid.as_str(), wa.as_str()),
+    ];
+    for (target, emoji, want_id, want_wa) in cases {
+        let (s, r) = api
+            .post(
+                &inbound,
+                json!({"from": from, "type": "reaction", "message_id": target, "emoji": emoji}),
+            )
+            .await;
+        assert_eq!(s, 200, "{r}");
+        let rid = r["message_id"].as_str().expect("id").to_string();
+        let got = stored("message.reaction", rid.clone()).await;
+        assert_eq!(got.len(), 1, "committed before the answer: {got:?}");
+        let e = &got[0];
+        assert_eq!(e["message_id"], want_id, "{e}");
+        assert_eq!(e["whatsapp_id"], want_wa, "{e}");
+        assert_eq!(e["emoji"], emoji);
+        assert_eq!(e["from"], from);
+        assert_eq!(e["reaction_id"], rid.as_str());
+        assert!(
+            stored("message.received", rid).await.is_empty(),
+            "not a message"
+        );
+    }
+    let frames = sse
+        .until(T, |f| {
+            f.event == "message.reaction" && f.data["data"]["emoji"] == ""
+        })
+        .await;
+    let emojis: Vec<&str> = frames
+        .iter()
+        .filter_map(|f| f.data["data"]["emoji"].as_str())
+        .collect();
+    assert_eq!(emojis, ["👍", "😂", "🔥", ""]);
+    gw.stop().await;
     db.drop_db().await;
 }

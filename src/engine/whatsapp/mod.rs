@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use whatsapp_rust::bot::{Bot, BotHandle};
 use whatsapp_rust::client::Client;
 use whatsapp_rust::pair_code::PairCodeOptions;
+use whatsapp_rust::prelude::wa;
 use whatsapp_rust::prelude::{
     Event, EventHandler, EventInterest, EventKind, MessageBuilderExt, MessageExt, SendOptions,
 };
@@ -206,7 +207,7 @@ impl EngineSession for WaSession {
         self.send(&super::Outgoing {
             to,
             message_id,
-            text,
+            content: super::Content::Text(text),
             reply_to: None,
         })
         .await
@@ -217,6 +218,7 @@ impl EngineSession for WaSession {
         if !client.is_logged_in() {
             return Err(EngineError::Network("not logged in".into()));
         }
+        use whatsapp_rust::prelude::MessageField;
         let jid = match m.to.strip_suffix("@g.us") {
             Some(group) if !group.is_empty() => Jid::group(group.to_string()),
             _ => {
@@ -230,23 +232,61 @@ impl EngineSession for WaSession {
                 Jid::pn(number)
             }
         };
-        let message = match m.reply_to {
-            None => whatsapp_rust::prelude::wa::Message::text(m.text),
-            Some(q) => {
-                // A quote names the quoted message and, when someone else wrote it, its author.
-                let participant = match q.participant {
-                    Some(p) => Jid::pn(digits(p)).to_string(),
-                    None => client
-                        .pn()
-                        .map(|j| j.to_non_ad().to_string())
-                        .unwrap_or_default(),
-                };
-                let context = whatsapp_rust::prelude::wa::ContextInfo {
-                    stanza_id: Some(q.message_id.to_string()),
-                    participant: Some(participant),
+        // A quote names the quoted message and, when someone else wrote it, its author.
+        let context = m.reply_to.map(|q| {
+            let participant = match q.participant {
+                Some(p) => Jid::pn(digits(p)).to_string(),
+                None => client
+                    .pn()
+                    .map(|j| j.to_non_ad().to_string())
+                    .unwrap_or_default(),
+            };
+            wa::ContextInfo {
+                stanza_id: Some(q.message_id.to_string()),
+                participant: Some(participant),
+                ..Default::default()
+            }
+        });
+        let message = match m.content {
+            super::Content::Text(text) => match context {
+                None => wa::Message::text(text),
+                Some(context) => wa::Message::text_with_context(text, context),
+            },
+            super::Content::Location {
+                latitude,
+                longitude,
+                name,
+                address,
+            } => wa::Message {
+                location_message: MessageField::some(wa::message::LocationMessage {
+                    degrees_latitude: Some(latitude),
+                    degrees_longitude: Some(longitude),
+                    name: name.map(str::to_string),
+                    address: address.map(str::to_string),
+                    context_info: context.map(MessageField::some).unwrap_or_default(),
                     ..Default::default()
+                }),
+                ..Default::default()
+            },
+            super::Content::Reaction(r) => {
+                // The key of the message reacted to, as WhatsApp Web builds it: the chat, whether we wrote it,
+                // and in a group its author.
+                let key = wa::MessageKey {
+                    remote_jid: Some(jid.to_string()),
+                    from_me: Some(r.from_me),
+                    id: Some(r.message_id.to_string()),
+                    participant: match r.participant {
+                        Some(p) if m.to.ends_with("@g.us") && !r.from_me => {
+                            Some(Jid::pn(digits(p)).to_string())
+                        }
+                        _ => None,
+                    },
                 };
-                whatsapp_rust::prelude::wa::Message::text_with_context(m.text, context)
+                whatsapp_rust::proto_helpers::build_reaction_message(
+                    key,
+                    r.emoji,
+                    Utc::now().timestamp_millis(),
+                )
             }
         };
         let options = SendOptions::default().with_message_id(m.message_id);
@@ -736,6 +776,25 @@ fn body_of(message: &whatsapp_rust::prelude::wa::Message) -> Option<serde_json::
     let base = message.get_base_message();
     if let Some(text) = base.text_content() {
         return Some(json!({"type": "text", "text": text}));
+    }
+    if let Some(l) = base.location_message.as_option()
+        && let (Some(lat), Some(lon)) = (l.degrees_latitude, l.degrees_longitude)
+    {
+        return Some(super::location_body(
+            lat,
+            lon,
+            l.name.as_deref(),
+            l.address.as_deref(),
+        ));
+    }
+    if let Some(r) = base.reaction_message.as_option()
+        && let Some(target) = r.key.as_option().and_then(|k| k.id.as_deref())
+    {
+        // An empty text removes an earlier reaction.
+        return Some(super::reaction_body(
+            target,
+            r.text.as_deref().unwrap_or_default(),
+        ));
     }
     if base.protocol_message.is_set() {
         return None;

@@ -9,7 +9,6 @@ use bytes::BytesMut;
 use tokio::sync::{mpsc, oneshot, watch};
 use whatsapp_rust::buffa::Message as _;
 use whatsapp_rust::wacore::messages::decode_plaintext;
-use whatsapp_rust::wacore::proto_helpers::MessageExt as _;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use whatsapp_rust::wacore_binary::marshal::{marshal, unmarshal_ref};
 use whatsapp_rust::wacore_binary::util::unpack;
@@ -883,16 +882,9 @@ impl Session<'_> {
             }
             .await;
             match decrypted {
-                Ok(message) => match message.text_content() {
-                    Some(text) => self.shared.record_outbound(
-                        &phone,
-                        Outbound {
-                            to: contact,
-                            text: text.to_string(),
-                            message_id: id.clone(),
-                        },
-                    ),
-                    None => tracing::debug!(conn = self.me.id, %id, "non-text message ignored"),
+                Ok(message) => match Outbound::of(contact, id.clone(), &message) {
+                    Some(out) => self.shared.record_outbound(&phone, out),
+                    None => tracing::debug!(conn = self.me.id, %id, "unread message kind ignored"),
                 },
                 Err(e) => {
                     tracing::warn!(conn = self.me.id, %id, %contact, "cannot decrypt: {e:#}")

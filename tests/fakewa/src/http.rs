@@ -193,10 +193,21 @@ async fn outdated(State(s): State<Arc<Shared>>, Path(phone): Path<String>) -> Re
 #[derive(Deserialize)]
 struct InboundBody {
     from: String,
-    text: String,
+    /// text (default), location or reaction.
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
     /// Corrupt the first delivery, so the client must ask for a retry.
     #[serde(default)]
     corrupt: bool,
+    latitude: Option<f64>,
+    longitude: Option<f64>,
+    name: Option<String>,
+    address: Option<String>,
+    /// Reaction: the message reacted to.
+    message_id: Option<String>,
+    emoji: Option<String>,
 }
 
 async fn inbound(
@@ -204,7 +215,30 @@ async fn inbound(
     Path(phone): Path<String>,
     Body(b): Body<InboundBody>,
 ) -> Reply {
-    let id = s.inbound(&phone, &b.from, &b.text, b.corrupt).await?;
+    let missing = |f: &str| ControlError::BadRequest(format!("`{f}` is required"));
+    let kind = match b.kind.as_deref() {
+        None | Some("text") => {
+            let text = b.text.ok_or_else(|| missing("text"))?;
+            let id = s.inbound(&phone, &b.from, &text, b.corrupt).await?;
+            return Ok(Json(json!({ "message_id": id })).into_response());
+        }
+        Some("location") => crate::InboundKind::Location {
+            latitude: b.latitude.ok_or_else(|| missing("latitude"))?,
+            longitude: b.longitude.ok_or_else(|| missing("longitude"))?,
+            name: b.name,
+            address: b.address,
+        },
+        Some("reaction") => crate::InboundKind::Reaction {
+            message_id: b.message_id.ok_or_else(|| missing("message_id"))?,
+            emoji: b.emoji.ok_or_else(|| missing("emoji"))?,
+        },
+        Some(other) => {
+            return Err(ControlError::BadRequest(format!(
+                "unknown type `{other}`; try text, location or reaction"
+            )));
+        }
+    };
+    let id = s.inbound_kind(&phone, &b.from, kind).await?;
     Ok(Json(json!({ "message_id": id })).into_response())
 }
 

@@ -39,11 +39,11 @@
 //! | `GET /control/devices/{phone}` | | [`DeviceInfo`] |
 //! | `POST /control/devices/{phone}/drop`, `…/logout`, `…/replace`, `…/outdated` | | `{"ok":true}` |
 //! | `POST /control/devices/{phone}/ban` | optional `{"expire_secs"}` (default a day) | `{"ok":true}` |
-//! | `POST /control/devices/{phone}/inbound` | `{"from","text"}` (+ `"corrupt":true`) | `{"message_id"}` |
+//! | `POST /control/devices/{phone}/inbound` | `{"from","text"}` (+ `"corrupt":true`); `{"from","type":"location","latitude","longitude","name"?,"address"?}`; `{"from","type":"reaction","message_id","emoji"}` | `{"message_id"}` |
 //! | `GET /control/devices/{phone}/inbound` | | `[InboundStatus]` |
 //! | `GET /control/devices/{phone}/inbound/{message_id}` | | [`InboundStatus`] |
 //! | `POST /control/devices/{phone}/receipt` | `{"message_id","status":"delivered"\|"read"}` | `{"ok":true}` |
-//! | `GET /control/devices/{phone}/outbound` | | `[{"to","text","message_id"}]` |
+//! | `GET /control/devices/{phone}/outbound` | | `[{"to","text","message_id"}]` (+ `"type"` and `"location"` or `"reaction"` for those kinds, `"reply_to"` for a quote) |
 //! | `GET /control/stats` | | [`Stats`] |
 
 mod appstate;
@@ -129,13 +129,78 @@ pub(crate) fn heap_bytes() -> Option<u64> {
     HEAP_METER.get().map(|meter| meter())
 }
 
-/// A text the client sent to a fake contact, decrypted with the contact's Signal session.
+/// A message the client sent to a fake contact, decrypted with the contact's Signal session. A text has
+/// only `to`, `text` and `message_id` (and `reply_to` when it quotes); other kinds name their `type`, with
+/// an empty `text`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outbound {
     /// The contact's phone number.
     pub to: String,
     pub text: String,
     pub message_id: String,
+    /// `"location"` or `"reaction"`; absent for a text.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `{"latitude","longitude","name","address"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<serde_json::Value>,
+    /// `{"message_id","emoji","from_me","remote_jid","participant"}`: the key of the message reacted to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reaction: Option<serde_json::Value>,
+    /// The id of the message a reply quotes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+}
+
+impl Outbound {
+    /// What a contact sees of a decrypted message; None for kinds the fake does not read.
+    pub(crate) fn of(
+        to: String,
+        message_id: String,
+        m: &whatsapp_rust::waproto::whatsapp::Message,
+    ) -> Option<Outbound> {
+        use whatsapp_rust::wacore::proto_helpers::MessageExt as _;
+        let base = m.get_base_message();
+        let mut out = Outbound {
+            to,
+            text: String::new(),
+            message_id,
+            kind: None,
+            location: None,
+            reaction: None,
+            reply_to: None,
+        };
+        if let Some(text) = base.text_content() {
+            out.text = text.to_string();
+            out.reply_to = base
+                .extended_text_message
+                .as_option()
+                .and_then(|e| e.context_info.as_option())
+                .and_then(|c| c.stanza_id.clone());
+        } else if let Some(l) = base.location_message.as_option() {
+            out.kind = Some("location".into());
+            out.location = Some(serde_json::json!({
+                "latitude": l.degrees_latitude,
+                "longitude": l.degrees_longitude,
+                "name": l.name,
+                "address": l.address,
+            }));
+            out.reply_to = l.context_info.as_option().and_then(|c| c.stanza_id.clone());
+        } else if let Some(r) = base.reaction_message.as_option() {
+            let key = r.key.as_option();
+            out.kind = Some("reaction".into());
+            out.reaction = Some(serde_json::json!({
+                "message_id": key.and_then(|k| k.id.clone()),
+                "from_me": key.and_then(|k| k.from_me),
+                "remote_jid": key.and_then(|k| k.remote_jid.clone()),
+                "participant": key.and_then(|k| k.participant.clone()),
+                "emoji": r.text,
+            }));
+        } else {
+            return None;
+        }
+        Some(out)
+    }
 }
 
 /// A message injected with [`FakeWa::inbound`] and whether the client has acknowledged it.
@@ -152,6 +217,26 @@ pub struct InboundStatus {
     pub receipt: Option<String>,
     /// Retry receipts the contact answered by re-sending (the client could not decrypt).
     pub retries: u32,
+    /// `"location"` or `"reaction"`; absent for a text (then `text` is the message).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The padded plaintext of a non-text message, re-encrypted for a retry.
+    #[serde(skip)]
+    pub(crate) payload: Option<Vec<u8>>,
+}
+
+/// A message a fake contact can send besides a text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InboundKind {
+    Location {
+        latitude: f64,
+        longitude: f64,
+        name: Option<String>,
+        address: Option<String>,
+    },
+    /// A reaction to the message with WhatsApp id `message_id` (one the device sent, or any other id);
+    /// an empty emoji removes it.
+    Reaction { message_id: String, emoji: String },
 }
 
 /// What a fake contact reports about a message the client sent it.
@@ -279,6 +364,16 @@ impl FakeWa {
         text: &str,
     ) -> ControlResult<String> {
         self.shared.inbound(phone_number, from, text, false).await
+    }
+
+    /// A location or a reaction from the fake contact `from`, delivered like [`Self::inbound`].
+    pub async fn inbound_kind(
+        &self,
+        phone_number: &str,
+        from: &str,
+        kind: InboundKind,
+    ) -> ControlResult<String> {
+        self.shared.inbound_kind(phone_number, from, kind).await
     }
 
     /// Like [`Self::inbound`], but the first delivery is corrupted in transit: the client cannot

@@ -835,6 +835,72 @@ impl Shared {
         text: &str,
         corrupt: bool,
     ) -> ControlResult<String> {
+        self.inbound_message(phone, from, &text_message(text), text, None, corrupt)
+            .await
+    }
+
+    /// A location or a reaction from contact `from` to the device.
+    pub(crate) async fn inbound_kind(
+        &self,
+        phone: &str,
+        from: &str,
+        kind: crate::InboundKind,
+    ) -> ControlResult<String> {
+        let (name, message) = match kind {
+            crate::InboundKind::Location {
+                latitude,
+                longitude,
+                name,
+                address,
+            } => (
+                "location",
+                wa::Message {
+                    location_message: MessageField::some(wa::message::LocationMessage {
+                        degrees_latitude: Some(latitude),
+                        degrees_longitude: Some(longitude),
+                        name,
+                        address,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ),
+            crate::InboundKind::Reaction { message_id, emoji } => {
+                // The key names the reacted-to message as the contact sees it: one the device sent is
+                // not the contact's own.
+                let key = wa::MessageKey {
+                    remote_jid: Some(Jid::pn(phone).to_string()),
+                    from_me: Some(false),
+                    id: Some(message_id),
+                    participant: None,
+                };
+                (
+                    "reaction",
+                    wa::Message {
+                        reaction_message: MessageField::some(wa::message::ReactionMessage {
+                            key: MessageField::some(key),
+                            text: Some(emoji),
+                            sender_timestamp_ms: Some(now_millis() as i64),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )
+            }
+        };
+        self.inbound_message(phone, from, &message, "", Some(name), false)
+            .await
+    }
+
+    async fn inbound_message(
+        &self,
+        phone: &str,
+        from: &str,
+        message: &wa::Message,
+        text: &str,
+        label: Option<&str>,
+        corrupt: bool,
+    ) -> ControlResult<String> {
         check_phone(from)?;
         if from == phone {
             return Err(ControlError::BadRequest(
@@ -844,7 +910,7 @@ impl Shared {
         // Fails early for an unknown phone; whether it is online is decided below, atomically with the queueing.
         self.with_device(phone, |_| ())?;
         let (kind, mut ciphertext) = self
-            .encrypt_to_device(from, phone, &text_message(text))
+            .encrypt_to_device(from, phone, message)
             .await
             .map_err(|e| ControlError::Failed(format!("encrypting for {phone}: {e:#}")))?;
         if corrupt {
@@ -867,6 +933,8 @@ impl Shared {
                     acked_at_ms: None,
                     receipt: None,
                     retries: 0,
+                    kind: label.map(str::to_string),
+                    payload: label.map(|_| MessageUtils::encode_and_pad(message)),
                 },
             );
             if d.unacked.len() == UNACKED_CAPACITY {
@@ -916,10 +984,14 @@ impl Shared {
                     return None;
                 }
                 status.retries += 1;
-                Some((status.from.clone(), status.text.clone(), d.device_id))
+                let payload = status
+                    .payload
+                    .clone()
+                    .unwrap_or_else(|| MessageUtils::encode_and_pad(&text_message(&status.text)));
+                Some((status.from.clone(), payload, d.device_id))
             })
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let Some((from, text, device_id)) = found else {
+        let Some((from, payload, device_id)) = found else {
             return Ok(None);
         };
         let address = device_address(phone, device_id);
@@ -931,12 +1003,7 @@ impl Shared {
             None => self.take_device_bundle(phone)?,
         };
         party.start_session(&address, &bundle).await?;
-        let (kind, ciphertext) = party
-            .encrypt(
-                &address,
-                &MessageUtils::encode_and_pad(&text_message(&text)),
-            )
-            .await?;
+        let (kind, ciphertext) = party.encrypt(&address, &payload).await?;
         Ok(Some(inbound_stanza(
             &from,
             message_id,
