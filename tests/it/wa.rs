@@ -529,3 +529,246 @@ async fn gateway_sends_text_once_and_receipts_become_statuses() {
     session.stop().await;
     db.drop_db().await;
 }
+
+/// The fake contact's decrypted copy of the message with WhatsApp id `wa_id`.
+async fn outbound_of(fake: &FakeWa, phone: &str, wa_id: &str) -> fakewa::Outbound {
+    for _ in 0..200 {
+        let out = fake.outbound(d(phone)).await.expect("outbound");
+        if let Some(o) = out.into_iter().find(|o| o.message_id == wa_id) {
+            return o;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the contact never got {wa_id}");
+}
+
+/// Through the real engine: a location (also as a reply) and reactions (to our message, to a received one, and a
+/// removal) reach the fake contact as WhatsApp messages it decrypts; the contact's location becomes
+/// `message.received` (type location) and its reactions `message.reaction`, naming our id for our message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locations_and_reactions_both_ways() {
+    let db = TestDb::new();
+    let fake = fake().await;
+    let mut cfg = wa_config(&db, &fake);
+    cfg.send_rate_per_sec = 0.0;
+    let gw = Gw::start(cfg).await;
+    let keys = gw.customer("acme").await;
+    let api = Api::new(&gw.base, &keys.live);
+    let phone = "+15550007001";
+    let contact = "+15557650071";
+    let id = pair(&api, &fake, phone).await;
+    let msgs = format!("/v1/channels/{id}/messages");
+    let mut sse = Sse::open(&gw.base, &format!("channel_id={id}"), &keys.live, None).await;
+    let send = |body: Value| {
+        let (api, msgs) = (api.clone(), msgs.clone());
+        async move {
+            let (s, r) = api.post(&msgs, body.clone()).await;
+            assert_eq!(s, 202, "{body} → {r}");
+            let mid = r["message_id"].as_str().expect("id").to_string();
+            for _ in 0..400 {
+                let (_, m) = api.get(&format!("{msgs}/{mid}")).await;
+                if m["status"] == "sent" {
+                    return m;
+                }
+                assert_ne!(m["status"], "failed", "{m}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("{mid} was not sent");
+        }
+    };
+
+    let loc = send(
+        json!({"to": contact, "type": "location", "latitude": 41.8902, "longitude": 12.4922,
+        "name": "Colosseo", "address": "Piazza del Colosseo, Roma"}),
+    )
+    .await;
+    let loc_wa = loc["whatsapp_id"].as_str().expect("wa").to_string();
+    let o = outbound_of(&fake, phone, &loc_wa).await;
+    assert_eq!(o.kind.as_deref(), Some("location"), "{o:?}");
+    assert_eq!(o.to, d(contact));
+    assert_eq!(
+        o.location,
+        Some(
+            json!({"latitude": 41.8902, "longitude": 12.4922, "name": "Colosseo",
+            "address": "Piazza del Colosseo, Roma"})
+        )
+    );
+    assert_eq!(o.reply_to, None);
+    // A location that replies to our location quotes it.
+    let reply = send(
+        json!({"to": contact, "type": "location", "latitude": 0, "longitude": 0,
+        "reply_to": loc["message_id"]}),
+    )
+    .await;
+    let o = outbound_of(&fake, phone, reply["whatsapp_id"].as_str().expect("wa")).await;
+    assert_eq!(o.reply_to.as_deref(), Some(loc_wa.as_str()), "{o:?}");
+
+    // Reactions: to our location (by our id), to a message the contact sent, then the removal.
+    let r1 = send(
+        json!({"to": contact, "type": "reaction", "message_id": loc["message_id"], "emoji": "👍"}),
+    )
+    .await;
+    let o = outbound_of(&fake, phone, r1["whatsapp_id"].as_str().expect("wa")).await;
+    assert_eq!(o.kind.as_deref(), Some("reaction"), "{o:?}");
+    let r = o.reaction.expect("reaction");
+    assert_eq!(r["message_id"], loc_wa.as_str(), "{r}");
+    assert_eq!(r["from_me"], true);
+    assert_eq!(r["emoji"], "👍");
+    assert_eq!(r["remote_jid"], format!("{}@s.whatsapp.net", d(contact)));
+    let theirs = fake
+        .inbound(d(phone), d(contact), "react to this")
+        .await
+        .expect("inbound");
+    sse.until(T, |f| f.event == "message.received").await;
+    let r2 =
+        send(json!({"to": contact, "type": "reaction", "message_id": theirs, "emoji": "😂"})).await;
+    assert_eq!(r2["reaction"]["message_id"], theirs.as_str());
+    let o = outbound_of(&fake, phone, r2["whatsapp_id"].as_str().expect("wa")).await;
+    let r = o.reaction.expect("reaction");
+    assert_eq!(
+        (&r["message_id"], &r["from_me"]),
+        (&json!(theirs), &json!(false)),
+        "{r}"
+    );
+    let r3 =
+        send(json!({"to": contact, "type": "reaction", "message_id": theirs, "emoji": ""})).await;
+    let o = outbound_of(&fake, phone, r3["whatsapp_id"].as_str().expect("wa")).await;
+    assert_eq!(o.reaction.expect("reaction")["emoji"], "");
+
+    // Inbound: a location, and reactions to our location, to an unknown message, and a removal.
+    let lid = fake
+        .inbound_kind(
+            d(phone),
+            d(contact),
+            fakewa::InboundKind::Location {
+                latitude: -22.9519,
+                longitude: -43.2105,
+                name: Some("Cristo Redentor".into()),
+                address: None,
+            },
+        )
+        .await
+        .expect("inbound location");
+    let frames = sse
+        .until(T, |f| {
+            f.event == "message.received" && f.data["data"]["message_id"] == lid.as_str()
+        })
+        .await;
+    let got = &frames.last().expect("received").data["data"];
+    assert_eq!(got["type"], "location", "{got}");
+    assert_eq!(got["from"], contact);
+    assert_eq!(
+        got["location"],
+        json!({"latitude": -22.9519, "longitude": -43.2105, "name": "Cristo Redentor", "address": null})
+    );
+    let mut reaction_ids = vec![];
+    for (target, emoji) in [
+        (loc_wa.as_str(), "🔥"),
+        ("3EB0FFFFFFFFFFFFFFFFFF", "🙏"),
+        (loc_wa.as_str(), ""),
+    ] {
+        let rid = fake
+            .inbound_kind(
+                d(phone),
+                d(contact),
+                fakewa::InboundKind::Reaction {
+                    message_id: target.to_string(),
+                    emoji: emoji.to_string(),
+                },
+            )
+            .await
+            .expect("inbound reaction");
+        assert!(
+            fake.wait_inbound_acked(d(phone), &rid, T)
+                .await
+                .expect("status"),
+            "{rid} acknowledged"
+        );
+        reaction_ids.push(rid);
+    }
+    let frames = sse
+        .until(T, |f| {
+            f.event == "message.reaction"
+                && f.data["data"]["reaction_id"] == reaction_ids[2].as_str()
+        })
+        .await;
+    let reactions: Vec<&Value> = frames
+        .iter()
+        .filter(|f| f.event == "message.reaction")
+        .map(|f| &f.data["data"])
+        .collect();
+    assert_eq!(reactions.len(), 3, "{reactions:?}");
+    assert_eq!(
+        reactions[0]["message_id"], loc["message_id"],
+        "ours, by our id"
+    );
+    assert_eq!(reactions[0]["whatsapp_id"], loc_wa.as_str());
+    assert_eq!(reactions[0]["emoji"], "🔥");
+    assert_eq!(reactions[0]["from"], contact);
+    assert_eq!(
+        reactions[1]["message_id"], "3EB0FFFFFFFFFFFFFFFFFF",
+        "not ours: the WhatsApp id"
+    );
+    assert_eq!(reactions[1]["whatsapp_id"], "3EB0FFFFFFFFFFFFFFFFFF");
+    assert_eq!(reactions[2]["emoji"], "", "a removal");
+    assert!(
+        !frames.iter().any(|f| f.event == "message.received"),
+        "a reaction is no message"
+    );
+    gw.stop().await;
+    db.drop_db().await;
+}
+
+/// A reaction committed, then the gateway dies before the client acknowledged it: WhatsApp redelivers it to the
+/// next node, and it is committed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reaction_crash_between_commit_and_ack_commits_once() {
+    let db = TestDb::new();
+    let fake = fake().await;
+    let url = fake.ws_url();
+    let mut a = Proc::spawn(
+        &db,
+        "node-a",
+        &[
+            ("WHATISUP_WA_URL", url.as_str()),
+            ("WHATISUP_TEST_CRASH_AFTER_INBOUND_COMMIT", "1"),
+        ],
+    )
+    .await;
+    let (live, _) = a.bootstrap_keys().await;
+    let api = Api::new(&a.base, &live);
+    let phone = "+15550007002";
+    let id = pair(&api, &fake, phone).await;
+    let rid = fake
+        .inbound_kind(
+            d(phone),
+            "15557650072",
+            fakewa::InboundKind::Reaction {
+                message_id: "3EB0AAAAAAAAAAAAAAAAAA".into(),
+                emoji: "🎉".into(),
+            },
+        )
+        .await
+        .expect("inbound reaction");
+    let status = a.exited(T).await;
+    assert!(!status.success(), "the injected crash: {status:?}");
+    let committed = events_of(&db, &id, "message.reaction").await;
+    assert_eq!(committed.len(), 1, "committed before the crash");
+    assert_eq!(committed[0]["reaction_id"], rid.as_str());
+    let st = fake.inbound_status(d(phone), &rid).await.expect("status");
+    assert!(st.acked_at_ms.is_none(), "not acknowledged: {st:?}");
+
+    let b = Proc::spawn(&db, "node-b", &[("WHATISUP_WA_URL", url.as_str())]).await;
+    assert!(
+        fake.wait_inbound_acked(d(phone), &rid, T)
+            .await
+            .expect("status"),
+        "the redelivered reaction is acknowledged"
+    );
+    let committed = events_of(&db, &id, "message.reaction").await;
+    assert_eq!(committed.len(), 1, "no duplicate: {committed:?}");
+    assert_eq!(committed[0]["emoji"], "🎉");
+    assert_eq!(committed[0]["message_id"], "3EB0AAAAAAAAAAAAAAAAAA");
+    let _ = b.terminate().await;
+    db.drop_db().await;
+}
