@@ -422,8 +422,18 @@ impl pb::channel_service_server::ChannelService for ChannelGrpc {
         r: Request<pb::CreateChannelRequest>,
     ) -> Result<Response<pb::Channel>, GrpcStatus> {
         let p = self.0.authenticate_grpc(&r).await?;
+        let (meta, _, req) = r.into_parts();
+        let run = self.0.create_channel(&p, req.clone());
         Ok(Response::new(
-            self.0.create_channel(&p, r.into_inner()).await?,
+            crate::http::idempotency::grpc(
+                &self.0,
+                &p,
+                &meta,
+                "/whatisup.v1.ChannelService/CreateChannel",
+                &req,
+                run,
+            )
+            .await?,
         ))
     }
 

@@ -132,8 +132,18 @@ impl pb::api_key_service_server::ApiKeyService for ApiKeyGrpc {
         r: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, GrpcStatus> {
         let p = self.0.authenticate_grpc(&r).await?;
+        let (meta, _, req) = r.into_parts();
+        let run = self.0.create_api_key(&p, req.clone());
         Ok(Response::new(
-            self.0.create_api_key(&p, r.into_inner()).await?,
+            crate::http::idempotency::grpc(
+                &self.0,
+                &p,
+                &meta,
+                "/whatisup.v1.ApiKeyService/CreateApiKey",
+                &req,
+                run,
+            )
+            .await?,
         ))
     }
 

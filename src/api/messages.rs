@@ -534,8 +534,18 @@ impl pb::message_service_server::MessageService for MessageGrpc {
         r: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, GrpcStatus> {
         let p = self.0.authenticate_grpc(&r).await?;
+        let (meta, _, req) = r.into_parts();
+        let run = self.0.send_message(&p, req.clone());
         Ok(Response::new(
-            self.0.send_message(&p, r.into_inner()).await?,
+            crate::http::idempotency::grpc(
+                &self.0,
+                &p,
+                &meta,
+                "/whatisup.v1.MessageService/SendMessage",
+                &req,
+                run,
+            )
+            .await?,
         ))
     }
 

@@ -14,8 +14,18 @@ impl pb::webhook_service_server::WebhookService for WebhookGrpc {
         r: Request<pb::CreateWebhookEndpointRequest>,
     ) -> Result<Response<pb::WebhookEndpoint>, Status> {
         let p = self.0.authenticate_grpc(&r).await?;
+        let (meta, _, req) = r.into_parts();
+        let run = self.0.create_webhook_endpoint(&p, req.clone());
         Ok(Response::new(
-            self.0.create_webhook_endpoint(&p, r.into_inner()).await?,
+            crate::http::idempotency::grpc(
+                &self.0,
+                &p,
+                &meta,
+                "/whatisup.v1.WebhookService/CreateWebhookEndpoint",
+                &req,
+                run,
+            )
+            .await?,
         ))
     }
 

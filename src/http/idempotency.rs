@@ -78,7 +78,50 @@ async fn run(app: Arc<App>, req: Request, next: Next) -> ApiResult<Response> {
     h.update(&bytes);
     let hash = h.finalize().to_vec();
     let scope = format!("{}:{key}", p.mode.as_str());
+    match claim(&app, &p.customer_id, &scope, &hash).await? {
+        Claim::Run => {
+            let req = Request::from_parts(parts, Body::from(bytes));
+            Ok(execute(&app, &p.customer_id, &scope, req, next).await)
+        }
+        Claim::Done {
+            status,
+            content_type,
+            body,
+        } => {
+            if content_type
+                .as_deref()
+                .is_some_and(|c| c.starts_with(GRPC_ANSWER))
+            {
+                return Err(conflict());
+            }
+            Ok(replay(status, content_type, body))
+        }
+    }
+}
 
+fn conflict() -> ApiError {
+    ApiError::new(
+        Code::IdempotencyConflict,
+        "this Idempotency-Key was used for a different request",
+    )
+}
+
+/// What a claim found.
+enum Claim {
+    /// This request holds the key: run it, then store its answer (`finish`) or free the key (`release`).
+    Run,
+    /// The same request was answered: its stored answer.
+    Done {
+        status: i32,
+        content_type: Option<String>,
+        body: Vec<u8>,
+    },
+}
+
+/// Claims `scope` for a request whose hash is `hash`: the first claim runs; a repeat of the same request gets
+/// the stored answer (waiting up to `WAIT` while the first still runs); another request under the key is a
+/// conflict. Shared by REST and gRPC.
+async fn claim(app: &App, customer: &str, scope: &str, hash: &[u8]) -> ApiResult<Claim> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let client = app.pool.get().await?;
@@ -87,20 +130,18 @@ async fn run(app: Arc<App>, req: Request, next: Next) -> ApiResult<Response> {
                 "INSERT INTO idempotency_keys (customer_id, key, request_hash, expires_at)
                  VALUES ($1, $2, $3, now() + make_interval(secs => $4::bigint))
                  ON CONFLICT (customer_id, key) DO NOTHING",
-                &[&p.customer_id, &scope, &hash, &TTL_SECS],
+                &[&customer, &scope, &hash, &TTL_SECS],
             )
             .await?;
         if claimed == 1 {
-            drop(client);
-            let req = Request::from_parts(parts, Body::from(bytes));
-            return Ok(execute(&app, &p.customer_id, &scope, req, next).await);
+            return Ok(Claim::Run);
         }
         let row = client
             .query_opt(
                 "SELECT request_hash, state, status, content_type, body, expires_at < now(),
                         locked_at < now() - make_interval(secs => $3::bigint), locked_at
                  FROM idempotency_keys WHERE customer_id = $1 AND key = $2",
-                &[&p.customer_id, &scope, &ABANDONED_SECS],
+                &[&customer, &scope, &ABANDONED_SECS],
             )
             .await?;
         let Some(row) = row else { continue };
@@ -110,22 +151,20 @@ async fn run(app: Arc<App>, req: Request, next: Next) -> ApiResult<Response> {
             client
                 .execute(
                     "DELETE FROM idempotency_keys WHERE customer_id = $1 AND key = $2 AND expires_at < now()",
-                    &[&p.customer_id, &scope],
+                    &[&customer, &scope],
                 )
                 .await?;
             continue;
         }
         if stored_hash != hash {
-            return Err(ApiError::new(
-                Code::IdempotencyConflict,
-                "this Idempotency-Key was used for a different request",
-            ));
+            return Err(conflict());
         }
         if state == "done" {
-            let status: i32 = row.get(2);
-            let content_type: Option<String> = row.get(3);
-            let body: Vec<u8> = row.get::<_, Option<Vec<u8>>>(4).unwrap_or_default();
-            return Ok(replay(status, content_type, body));
+            return Ok(Claim::Done {
+                status: row.get(2),
+                content_type: row.get(3),
+                body: row.get::<_, Option<Vec<u8>>>(4).unwrap_or_default(),
+            });
         }
         if abandoned {
             let locked_at: chrono::DateTime<chrono::Utc> = row.get(7);
@@ -133,13 +172,11 @@ async fn run(app: Arc<App>, req: Request, next: Next) -> ApiResult<Response> {
                 .execute(
                     "UPDATE idempotency_keys SET locked_at = now()
                      WHERE customer_id = $1 AND key = $2 AND state = 'running' AND locked_at = $3",
-                    &[&p.customer_id, &scope, &locked_at],
+                    &[&customer, &scope, &locked_at],
                 )
                 .await?;
             if took == 1 {
-                drop(client);
-                let req = Request::from_parts(parts, Body::from(bytes));
-                return Ok(execute(&app, &p.customer_id, &scope, req, next).await);
+                return Ok(Claim::Run);
             }
             continue;
         }
@@ -151,6 +188,144 @@ async fn run(app: Arc<App>, req: Request, next: Next) -> ApiResult<Response> {
             ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stores the answer of a claimed request.
+async fn finish(
+    app: &App,
+    customer: &str,
+    scope: &str,
+    status: i32,
+    content_type: Option<&str>,
+    body: &[u8],
+) {
+    let stored = match app.pool.get().await {
+        Ok(c) => c
+            .execute(
+                "UPDATE idempotency_keys SET state = 'done', status = $3, content_type = $4, body = $5
+                 WHERE customer_id = $1 AND key = $2",
+                &[&customer, &scope, &status, &content_type, &body],
+            )
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = stored {
+        // The request ran; a repeat within ABANDONED_SECS waits, then runs it again. Say so loudly.
+        tracing::error!(error = %e, "storing an idempotent answer failed");
+    }
+}
+
+/// Stored gRPC answers carry this content type (`…+proto`: a response message; `…+status`: an error), so a
+/// REST repeat never replays them.
+const GRPC_ANSWER: &str = "application/grpc";
+const GRPC_OK: &str = "application/grpc+proto";
+const GRPC_ERROR: &str = "application/grpc+status";
+
+/// `idempotency-key` metadata on a mutating gRPC call: the same semantics and store as the REST header. The hash
+/// covers the method and the encoded request; the answer (the response message, or the error status with its
+/// details) is replayed as it was. Errors that say "try again" are not kept.
+pub async fn grpc<Q, A, F>(
+    app: &App,
+    p: &crate::model::Principal,
+    metadata: &tonic::metadata::MetadataMap,
+    method: &str,
+    req: &Q,
+    run: F,
+) -> Result<A, tonic::Status>
+where
+    Q: prost::Message,
+    A: prost::Message + Default,
+    F: std::future::Future<Output = ApiResult<A>>,
+{
+    let Some(value) = metadata.get("idempotency-key") else {
+        return Ok(run.await?);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| well_formed(k))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "idempotency-key",
+                format!("idempotency-key must be 1 to {MAX_KEY} printable ASCII characters"),
+            )
+        })?;
+    let mut h = Sha256::new();
+    h.update(b"grpc\n");
+    h.update(method.as_bytes());
+    h.update(b"\n");
+    h.update(req.encode_to_vec());
+    let hash = h.finalize().to_vec();
+    let scope = format!("{}:{key}", p.mode.as_str());
+    match claim(app, &p.customer_id, &scope, &hash).await? {
+        Claim::Done {
+            status,
+            content_type,
+            body,
+        } => match content_type.as_deref() {
+            Some(GRPC_OK) => A::decode(body.as_slice())
+                .map_err(|e| ApiError::internal(format!("stored answer: {e}")).into()),
+            Some(GRPC_ERROR) => {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let details = base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    v["details"].as_str().unwrap_or_default(),
+                )
+                .unwrap_or_default();
+                Err(tonic::Status::with_details(
+                    tonic::Code::from(status),
+                    v["message"].as_str().unwrap_or_default(),
+                    details.into(),
+                ))
+            }
+            _ => Err(conflict().into()),
+        },
+        Claim::Run => match run.await {
+            Ok(a) => {
+                finish(
+                    app,
+                    &p.customer_id,
+                    &scope,
+                    0,
+                    Some(GRPC_OK),
+                    &a.encode_to_vec(),
+                )
+                .await;
+                Ok(a)
+            }
+            Err(e) => {
+                let status = e.to_status();
+                let retry = matches!(
+                    status.code(),
+                    tonic::Code::Internal
+                        | tonic::Code::Unavailable
+                        | tonic::Code::ResourceExhausted
+                );
+                if retry {
+                    release(app, &p.customer_id, &scope).await;
+                } else {
+                    let body = serde_json::json!({
+                        "message": status.message(),
+                        "details": base64::Engine::encode(
+                            &base64::engine::general_purpose::STANDARD,
+                            status.details(),
+                        ),
+                    });
+                    finish(
+                        app,
+                        &p.customer_id,
+                        &scope,
+                        status.code() as i32,
+                        Some(GRPC_ERROR),
+                        body.to_string().as_bytes(),
+                    )
+                    .await;
+                }
+                Err(status)
+            }
+        },
     }
 }
 
@@ -175,27 +350,15 @@ async fn execute(app: &App, customer: &str, scope: &str, req: Request, next: Nex
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let stored = match app.pool.get().await {
-        Ok(c) => c
-            .execute(
-                "UPDATE idempotency_keys SET state = 'done', status = $3, content_type = $4, body = $5
-                 WHERE customer_id = $1 AND key = $2",
-                &[
-                    &customer,
-                    &scope,
-                    &i32::from(status.as_u16()),
-                    &content_type,
-                    &bytes.as_ref(),
-                ],
-            )
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(e) = stored {
-        // The request ran; a repeat within ABANDONED_SECS waits, then runs it again. Say so loudly.
-        tracing::error!(error = %e, "storing an idempotent answer failed");
-    }
+    finish(
+        app,
+        customer,
+        scope,
+        i32::from(status.as_u16()),
+        content_type.as_deref(),
+        &bytes,
+    )
+    .await;
     Response::from_parts(parts, Body::from(bytes))
 }
 

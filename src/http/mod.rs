@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-mod idempotency;
+pub(crate) mod idempotency;
 mod webhooks;
 
 pub struct ReqCtx {
