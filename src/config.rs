@@ -144,6 +144,24 @@ pub struct Config {
     /// How often a node expires old queued messages and wakes the senders of its sessions.
     #[arg(long, env = "WHATISUP_OUTBOX_SWEEP_MS", default_value_t = 5_000)]
     pub outbox_sweep_ms: u64,
+    /// Messages no longer queued are deleted this long after they were accepted (0 keeps them).
+    #[arg(
+        long,
+        env = "WHATISUP_MESSAGE_RETENTION_SECS",
+        default_value_t = 2_592_000
+    )]
+    pub message_retention_secs: u64,
+    /// What the sandbox's simulated server accepted is forgotten after this (0 keeps it).
+    #[arg(
+        long,
+        env = "WHATISUP_SANDBOX_RETENTION_SECS",
+        default_value_t = 604_800
+    )]
+    pub sandbox_retention_secs: u64,
+    /// How often a node deletes expired rows (messages past their retention, old sandbox sends, expired
+    /// Idempotency-Key answers), in batches of 1000.
+    #[arg(long, env = "WHATISUP_CLEANUP_INTERVAL_SECS", default_value_t = 600)]
+    pub cleanup_interval_secs: u64,
     /// Print the bootstrap keys on first start (tests turn it off).
     #[arg(skip = true)]
     pub print_bootstrap_keys: bool,

@@ -181,6 +181,15 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         hub.webhooks.clone(),
     )?;
     tokio::spawn(dispatcher.run(background.clone()));
+    tokio::spawn(store::cleanup::run(
+        pool.clone(),
+        store::cleanup::Retention {
+            message_secs: cfg.message_retention_secs,
+            sandbox_secs: cfg.sandbox_retention_secs,
+        },
+        Duration::from_secs(cfg.cleanup_interval_secs.max(1)),
+        background.clone(),
+    ));
     let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel::<String>(4_096);
     tokio::spawn(events::hub::run(
         hub,

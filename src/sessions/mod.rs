@@ -474,14 +474,7 @@ impl Node {
                 let _ = tx.try_send(Command::Outbox);
             }
         }
-        // Expired Idempotency-Key answers go too (a repeat after 24 h runs again anyway).
-        client
-            .execute(
-                "DELETE FROM idempotency_keys WHERE ctid IN
-                   (SELECT ctid FROM idempotency_keys WHERE expires_at < now() LIMIT 1000)",
-                &[],
-            )
-            .await?;
+        // Expired Idempotency-Key answers are deleted by the retention cleanup (store::cleanup).
         Ok(())
     }
 

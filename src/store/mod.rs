@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod channels;
+pub mod cleanup;
 pub mod customers;
 pub mod events;
 pub mod keys;

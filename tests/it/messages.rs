@@ -1169,3 +1169,84 @@ async fn inbound_location_and_reactions() {
     gw.stop().await;
     db.drop_db().await;
 }
+
+/// Retention with short limits: a sent message, what the sandbox accepted and expired Idempotency-Key answers
+/// are deleted (a backlog larger than one batch included); a queued message, a young message and a live key stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_deletes_expired_rows_in_batches() {
+    let db = TestDb::new();
+    let mut cfg = config(&db);
+    // One send per channel goes out at once; the next waits 100 s (stays queued).
+    cfg.send_rate_per_sec = 0.01;
+    cfg.send_burst = 1;
+    cfg.message_retention_secs = 3;
+    cfg.sandbox_retention_secs = 3;
+    cfg.cleanup_interval_secs = 1;
+    let gw = Gw::start(cfg).await;
+    let keys = gw.customer("acme").await;
+    let api = Api::new(&gw.base, &keys.test);
+    let ch = api.connected_channel("c").await;
+    let (_, r) = api.post(&msgs(&ch), text("+15551239101", "old")).await;
+    let old = r["message_id"].as_str().expect("id").to_string();
+    wait_message(&api, &ch, &old, "sent").await;
+    let (_, r) = api.post(&msgs(&ch), text("+15551239101", "queued")).await;
+    let queued = r["message_id"].as_str().expect("id").to_string();
+    let c = db.client().await;
+    c.execute(
+        "INSERT INTO idempotency_keys (customer_id, key, request_hash, expires_at)
+         SELECT $1, 'expired-' || i, '\\x00', now() - interval '1 minute' FROM generate_series(1, 2500) i",
+        &[&keys.customer_id],
+    )
+    .await
+    .expect("expired keys");
+    c.execute(
+        "INSERT INTO idempotency_keys (customer_id, key, request_hash, expires_at)
+         VALUES ($1, 'live', '\\x00', now() + interval '1 hour')",
+        &[&keys.customer_id],
+    )
+    .await
+    .expect("live key");
+
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let (s, _) = api.get(&format!("{}/{old}", msgs(&ch))).await;
+        let accepted = count(&db, "SELECT count(*) FROM sandbox_accepted").await;
+        if s == 404 && accepted == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not cleaned up: GET {s}, {accepted} accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM idempotency_keys WHERE key LIKE 'expired-%'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM idempotency_keys WHERE key = 'live'"
+        )
+        .await,
+        1
+    );
+    let m = wait_message(&api, &ch, &queued, "queued").await;
+    assert_eq!(m["text"], "queued", "a queued message is kept however old");
+
+    // A young message stays until it is past the retention.
+    let ch2 = api.connected_channel("c2").await;
+    let (_, r) = api.post(&msgs(&ch2), text("+15551239102", "young")).await;
+    let young = r["message_id"].as_str().expect("id").to_string();
+    wait_message(&api, &ch2, &young, "sent").await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let (s, _) = api.get(&format!("{}/{young}", msgs(&ch2))).await;
+    assert_eq!(s, 200, "deleted before its retention");
+    gw.stop().await;
+    db.drop_db().await;
+}
