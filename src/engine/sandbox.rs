@@ -144,7 +144,7 @@ impl EngineSession for SandboxSession {
         self.send(&super::Outgoing {
             to,
             message_id: id,
-            text,
+            content: super::Content::Text(text),
             reply_to: None,
         })
         .await
@@ -163,8 +163,10 @@ impl EngineSession for SandboxSession {
             .get()
             .await
             .map_err(|e| EngineError::Network(format!("simulated server: {e}")))?;
-        let body =
-            serde_json::json!({"text": m.text, "reply_to": m.reply_to.map(|q| q.message_id)});
+        let reply_to = m.reply_to.map(|q| q.message_id);
+        let body = match m.content {
+            super::Content::Text(text) => serde_json::json!({"text": text, "reply_to": reply_to}),
+        };
         client
             .execute(
                 "INSERT INTO sandbox_accepted (channel_id, wa_id, to_addr, body) VALUES ($1, $2, $3, $4)

@@ -10,7 +10,7 @@
 //! session holds no sender task.
 
 use super::Node;
-use crate::engine::{EngineError, EngineSession, Outgoing, Quoted};
+use crate::engine::{Content, EngineError, EngineSession, Outgoing, Quoted};
 use crate::events::{Fence, MessageChange, MessageWrite, Op, OpOutcome};
 use crate::store::messages::{self, MessageRow};
 use crate::wkt::rfc3339;
@@ -290,7 +290,15 @@ impl Drain {
     }
 
     async fn send(&self, row: &MessageRow) -> Result<(), EngineError> {
-        let text = row.body["text"].as_str().unwrap_or_default();
+        let content = match row.kind.as_str() {
+            "text" => Content::Text(row.body["text"].as_str().unwrap_or_default()),
+            // The API stores only types it validated; a row of another type comes from a newer gateway version.
+            other => {
+                return Err(EngineError::Other(format!(
+                    "message type {other} is not supported by this gateway version"
+                )));
+            }
+        };
         let reply_to = row.body["reply_to"]["whatsapp_id"]
             .as_str()
             .map(|id| Quoted {
@@ -300,7 +308,7 @@ impl Drain {
         let m = Outgoing {
             to: &row.to,
             message_id: &row.wa_id,
-            text,
+            content,
             reply_to,
         };
         match tokio::time::timeout(self.node.cfg.send_timeout(), self.session.send(&m)).await {
