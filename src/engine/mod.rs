@@ -227,7 +227,8 @@ pub struct Outgoing<'a> {
     pub reply_to: Option<Quoted<'a>>,
 }
 
-/// What an outbound message carries.
+/// What an outbound message carries: one variant per kind of message of contract §6 (the outbox builds it from
+/// the row's `type` and `body`; each engine maps every variant).
 #[derive(Debug, Clone, Copy)]
 pub enum Content<'a> {
     Text(&'a str),
@@ -268,16 +269,9 @@ pub trait EngineSession: Send + Sync {
     /// Sends a text to an E.164 number under `message_id`, fixed by the caller before the send (see
     /// [`new_message_id`]) so that a send interrupted by a crash can be recognised, not repeated.
     async fn send_text(&self, to: &str, text: &str, message_id: &str) -> Result<(), EngineError>;
-    /// Sends an outbound message (a text, possibly quoting another). A send repeated with the same id (after a
-    /// crash) is dropped by WhatsApp's servers as a duplicate.
-    async fn send(&self, m: &Outgoing<'_>) -> Result<(), EngineError> {
-        match m.content {
-            Content::Text(text) => self.send_text(m.to, text, m.message_id).await,
-            _ => Err(EngineError::InvalidState(
-                "this engine sends text only".into(),
-            )),
-        }
-    }
+    /// Sends an outbound message of any kind (see [`Content`]), possibly quoting another. A send repeated with
+    /// the same id (after a crash) is dropped by WhatsApp's servers as a duplicate.
+    async fn send(&self, m: &Outgoing<'_>) -> Result<(), EngineError>;
     /// Unlinks the device from the account.
     async fn logout(&self) -> Result<(), EngineError>;
     /// Closes the connection after flushing; emits nothing more.

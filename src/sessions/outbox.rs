@@ -335,9 +335,10 @@ fn content(row: &MessageRow) -> Result<Content<'_>, EngineError> {
                 emoji: r["emoji"].as_str().unwrap_or_default(),
             })
         }
+        // The API stores only types it validated; a row of another type comes from a newer gateway version.
         other => {
-            return Err(EngineError::InvalidState(format!(
-                "unknown message type {other}"
+            return Err(EngineError::Other(format!(
+                "message type {other} is not supported by this gateway version"
             )));
         }
     })
