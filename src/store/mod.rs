@@ -42,6 +42,16 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "messages",
         include_str!("../../migrations/0006_messages.sql"),
     ),
+    (
+        10,
+        "webhook_claims",
+        include_str!("../../migrations/0010_webhook_claims.sql"),
+    ),
+    (
+        11,
+        "outbox_counts",
+        include_str!("../../migrations/0011_outbox_counts.sql"),
+    ),
 ];
 
 /// Serialises migrations (and the first-start bootstrap) across nodes starting together.
