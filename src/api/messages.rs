@@ -7,7 +7,7 @@ use crate::model::{Principal, Status};
 use crate::pb;
 use crate::sessions::Command;
 use crate::store::channels as channel_store;
-use crate::store::messages::{self as store, Inserted, MessageRow, NewMessage};
+use crate::store::messages::{self as store, Accepted, MessageRow};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -410,43 +410,43 @@ impl App {
                 json!({"reaction": r})
             }
         };
-        let queued = store::queued_count(&client, &ch.id, self.cfg.outbox_max_per_channel).await?;
-        if queued >= self.cfg.outbox_max_per_channel {
-            let mut e = ApiError::new(
-                Code::RateLimited,
-                format!(
-                    "the channel already has {} messages waiting to be sent (WHATISUP_OUTBOX_MAX_PER_CHANNEL)",
-                    self.cfg.outbox_max_per_channel
-                ),
-            );
-            e.retry_after = Some(10);
-            return Err(e);
-        }
+        // Nothing below needs this connection; the accepter commits with its own.
+        drop(client);
         let id = crate::store::new_id("msg");
         let wa_id = crate::engine::new_message_id();
-        let inserted = store::insert(
-            &client,
-            &NewMessage {
-                id: &id,
-                customer_id: &ch.customer_id,
-                mode: ch.mode.as_str(),
-                channel_id: &ch.id,
-                wa_id: &wa_id,
-                to: &v.to,
-                kind: v.kind,
-                body: &body,
-                client_ref: v.client_ref.as_deref(),
+        let inserted = self
+            .outbox
+            .accept(store::NewOwned {
+                id: id.clone(),
+                customer_id: ch.customer_id.clone(),
+                mode: ch.mode.as_str().to_string(),
+                channel_id: ch.id.clone(),
+                wa_id,
+                to: v.to,
+                kind: v.kind.to_string(),
+                body,
+                client_ref: v.client_ref.clone(),
                 ttl_secs: i64::try_from(self.cfg.message_ttl_secs).unwrap_or(i64::MAX / 2),
-            },
-        )
-        .await?;
+            })
+            .await?;
         match inserted {
-            Inserted::Duplicate(orig) => Ok(pb::SendMessageResponse {
+            Accepted::Full => {
+                let mut e = ApiError::new(
+                    Code::RateLimited,
+                    format!(
+                        "the channel already has {} messages waiting to be sent (WHATISUP_OUTBOX_MAX_PER_CHANNEL)",
+                        self.cfg.outbox_max_per_channel
+                    ),
+                );
+                e.retry_after = Some(10);
+                Err(e)
+            }
+            Accepted::Duplicate(orig) => Ok(pb::SendMessageResponse {
                 message_id: orig.id,
                 client_ref: orig.client_ref,
                 status: orig.status,
             }),
-            Inserted::New => {
+            Accepted::New => {
                 self.metrics.messages_accepted.inc();
                 // Committed: wake the sender wherever the session runs (the node's sweep catches a lost kick).
                 let node = self.node.clone();

@@ -39,6 +39,8 @@ pub struct App {
     pub limiter: RateLimiter,
     pub open_streams: Arc<AtomicUsize>,
     pub webhooks: Arc<crate::webhooks::Settings>,
+    /// Group commit of accepted sends (the outbox).
+    pub outbox: crate::store::messages::Accepter,
     key_cache: Mutex<HashMap<Vec<u8>, (CachedKey, Instant)>>,
 }
 
@@ -62,6 +64,8 @@ impl App {
         webhooks: Arc<crate::webhooks::Settings>,
     ) -> App {
         let limiter = RateLimiter::new(cfg.rate_limit_burst, cfg.rate_limit_per_sec);
+        let outbox =
+            crate::store::messages::Accepter::spawn(&cfg.database_url, cfg.outbox_max_per_channel);
         App {
             cfg,
             pool,
@@ -73,6 +77,7 @@ impl App {
             limiter,
             open_streams: Arc::new(AtomicUsize::new(0)),
             webhooks,
+            outbox,
             key_cache: Mutex::new(HashMap::new()),
         }
     }

@@ -146,10 +146,17 @@ async fn listen_once(
 ) -> anyhow::Result<()> {
     let (client, mut conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     let (note_tx, mut note_rx) = mpsc::unbounded_channel();
+    let webhooks = hub.webhooks.clone();
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
         while let Some(m) = messages.next().await {
             match m {
+                // Woken here, not behind the event reads queued in front of it (delivery latency).
+                Ok(AsyncMessage::Notification(n))
+                    if n.channel() == crate::webhooks::deliveries::NOTIFY_CHANNEL =>
+                {
+                    webhooks.notify_one();
+                }
                 Ok(AsyncMessage::Notification(n)) => {
                     if note_tx
                         .send((n.channel().to_string(), n.payload().to_string()))
@@ -188,8 +195,6 @@ async fn listen_once(
                             hub.catch_up(pool).await?;
                             metrics.hub_fetches.inc();
                         }
-                    } else if channel == crate::webhooks::deliveries::NOTIFY_CHANNEL {
-                        hub.webhooks.notify_one();
                     } else if commands.try_send(payload).is_err() {
                         tracing::warn!("hub: session command queue full; command dropped");
                     }

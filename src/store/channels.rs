@@ -114,8 +114,10 @@ pub async fn get_visible(
     let sql = format!(
         "SELECT {COLUMNS} FROM channels WHERE id = $1 AND customer_id = $2 AND mode = $3 AND deleted_at IS NULL"
     );
+    // Prepared once per connection: on every send (the accept path) a fresh parse and plan cost a round trip.
+    let stmt = db.prepare_cached(&sql).await?;
     let row = db
-        .query_opt(&sql, &[&id, &p.customer_id, &p.mode.as_str()])
+        .query_opt(&stmt, &[&id, &p.customer_id, &p.mode.as_str()])
         .await?
         .ok_or_else(|| ApiError::channel_not_found(id))?;
     Ok(ChannelRow::from_row(&row))

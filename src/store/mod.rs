@@ -48,6 +48,16 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "reactions_cleanup",
         include_str!("../../migrations/0008_reactions_cleanup.sql"),
     ),
+    (
+        10,
+        "webhook_claims",
+        include_str!("../../migrations/0010_webhook_claims.sql"),
+    ),
+    (
+        11,
+        "outbox_counts",
+        include_str!("../../migrations/0011_outbox_counts.sql"),
+    ),
 ];
 
 /// Serialises migrations (and the first-start bootstrap) across nodes starting together.
