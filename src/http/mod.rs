@@ -211,7 +211,14 @@ const CHANNEL_NULLABLE: &[&str] = &[
     "send_burst",
 ];
 const KEY_NULLABLE: &[&str] = &["channel_id", "expires_at", "last_used_at"];
-const MESSAGE_NULLABLE: &[&str] = &["client_ref", "reply_to", "error", "sent_at"];
+const MESSAGE_NULLABLE: &[&str] = &[
+    "client_ref",
+    "reply_to",
+    "error",
+    "sent_at",
+    "location",
+    "reaction",
+];
 
 fn with_nulls(mut v: serde_json::Value, fields: &[&str]) -> serde_json::Value {
     if let serde_json::Value::Object(m) = &mut v {

@@ -715,14 +715,19 @@ impl Session {
     ) -> Result<std::collections::HashSet<(String, String)>, Outcome> {
         let ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
         let client = self.node.pool.get().await.map_err(|_| Outcome::Retry)?;
+        // Reactions are looked up (on their own index, migration 0008) only when the batch holds one.
+        let reactions = messages.iter().any(|m| reaction_target(&m.body).is_some());
         let lookup = async {
             let stmt = client
-                .prepare_cached(
-                        "SELECT data->>'message_id', data->>'from' FROM events \
+                .prepare_cached(if reactions {
+                    "SELECT data->>'message_id', data->>'from' FROM events \
                      WHERE channel_id = $1 AND event = 'message.received' AND data->>'message_id' = ANY($2) \
                      UNION ALL SELECT data->>'reaction_id', data->>'from' FROM events \
-                     WHERE channel_id = $1 AND event = 'message.reaction' AND data->>'reaction_id' = ANY($2)",
-                )
+                     WHERE channel_id = $1 AND event = 'message.reaction' AND data->>'reaction_id' = ANY($2)"
+                } else {
+                    "SELECT data->>'message_id', data->>'from' FROM events \
+                     WHERE channel_id = $1 AND event = 'message.received' AND data->>'message_id' = ANY($2)"
+                })
                 .await?;
             client.query(&stmt, &[&self.channel_id, &ids]).await
         };

@@ -1001,6 +1001,10 @@ async fn location_and_reaction_sends() {
     let tid = r["message_id"].as_str().expect("id").to_string();
     let t = wait_message(&api, &ch, &tid, "sent").await;
     let t_wa = t["whatsapp_id"].as_str().expect("wa").to_string();
+    // Every kind's fields are shown; those of other kinds as null.
+    for k in ["location", "reaction"] {
+        assert_eq!(t.get(k), Some(&Value::Null), "{t}");
+    }
     let mut reactions = vec![];
     for (target, emoji) in [(&tid, "👍"), (&t_wa, "❤️"), (&tid, "👍🏽"), (&tid, "")] {
         let (s, r) = api
