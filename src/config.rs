@@ -144,6 +144,13 @@ pub struct Config {
     /// How often a node expires old queued messages and wakes the senders of its sessions.
     #[arg(long, env = "WHATISUP_OUTBOX_SWEEP_MS", default_value_t = 5_000)]
     pub outbox_sweep_ms: u64,
+    /// The dashboard shows its "reconnecting" banner for a channel that stays `reconnecting` this long.
+    #[arg(
+        long,
+        env = "WHATISUP_DASHBOARD_RECONNECTING_BANNER_SECS",
+        default_value_t = 30
+    )]
+    pub dashboard_reconnecting_banner_secs: u64,
     /// Print the bootstrap keys on first start (tests turn it off).
     #[arg(skip = true)]
     pub print_bootstrap_keys: bool,
