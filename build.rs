@@ -42,7 +42,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Builds the dashboard bundle into OUT_DIR/dashboard (app.js). Cargo reruns this only when the dashboard's
 /// sources, its lock file or proto/ change, so an unchanged tree costs nothing.
 fn dashboard(out: &Path) {
-    let dir = PathBuf::from("clients/dashboard");
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into()));
+    let dir = root.join("clients/dashboard");
     for p in [
         "clients/dashboard/src",
         "clients/dashboard/static",
@@ -89,16 +90,13 @@ fn dashboard(out: &Path) {
     run(
         Command::new(bin("buf"))
             .current_dir(&dir)
-            .env(
-                "PATH",
-                prepend_path(&std::fs::canonicalize(dir.join("node_modules/.bin")).unwrap_or_default()),
-            )
+            .env("PATH", prepend_path(&dir.join("node_modules/.bin")))
             .args(["generate", "--template", "buf.gen.yaml", "--output"])
             .arg(&target),
         "buf generate (TypeScript from proto/)",
     );
     // The bundle: generated code is imported as `whatisup-gen/...`; its own imports resolve through NODE_PATH.
-    let node_modules = std::fs::canonicalize(dir.join("node_modules")).unwrap_or_default();
+    let node_modules = dir.join("node_modules");
     run(
         Command::new(bin("esbuild"))
             .current_dir(&dir)
@@ -111,7 +109,10 @@ fn dashboard(out: &Path) {
                 "--target=es2020",
                 "--log-level=warning",
             ])
-            .arg(format!("--alias:whatisup-gen={}", target.join("gen").display()))
+            .arg(format!(
+                "--alias:whatisup-gen={}",
+                target.join("gen").display()
+            ))
             .arg(format!("--outfile={}", target.join("app.js").display())),
         "esbuild (the dashboard bundle)",
     );
@@ -124,14 +125,22 @@ fn npm_ci_if_needed(dir: &Path) {
         Err(e) => fail(&format!("clients/dashboard/package-lock.json: {e}")),
     };
     let stamp = dir.join("node_modules/.whatisup-package-lock.json");
-    if std::fs::read(&stamp).is_ok_and(|s| s == lock) && dir.join("node_modules/.bin/esbuild").exists() {
+    if std::fs::read(&stamp).is_ok_and(|s| s == lock)
+        && dir.join("node_modules/.bin/esbuild").exists()
+    {
         return;
     }
     run(
         Command::new("npm")
             .current_dir(dir)
             // No install scripts: esbuild and buf ship their binaries as optional dependencies.
-            .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"]),
+            .args([
+                "ci",
+                "--ignore-scripts",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+            ]),
         "npm ci (the dashboard's dependencies; needs the npm registry once)",
     );
     if let Err(e) = std::fs::write(&stamp, &lock) {

@@ -37,7 +37,12 @@ pub fn router() -> Router<Arc<App>> {
 }
 
 /// Revalidated on every load (the binary may be replaced); an unchanged file costs a 304.
-fn asset(headers: &HeaderMap, body: &'static str, content_type: &'static str, etag: &str) -> Response {
+fn asset(
+    headers: &HeaderMap,
+    body: &'static str,
+    content_type: &'static str,
+    etag: &str,
+) -> Response {
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -72,7 +77,7 @@ macro_rules! etag {
 }
 
 async fn index(headers: HeaderMap) -> Response {
-    let Some(_) = APP_JS else {
+    if APP_JS.is_none() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             [
@@ -82,7 +87,7 @@ async fn index(headers: HeaderMap) -> Response {
             UNAVAILABLE_HTML,
         )
             .into_response();
-    };
+    }
     let mut resp = asset(
         &headers,
         INDEX_HTML,
@@ -104,12 +109,7 @@ async fn index(headers: HeaderMap) -> Response {
 
 async fn app_js(headers: HeaderMap) -> Response {
     match APP_JS {
-        Some(js) => asset(
-            &headers,
-            js,
-            "text/javascript; charset=utf-8",
-            etag!(js),
-        ),
+        Some(js) => asset(&headers, js, "text/javascript; charset=utf-8", etag!(js)),
         None => super::not_found().await.into_response(),
     }
 }
@@ -125,9 +125,5 @@ async fn config(State(app): State<Arc<App>>) -> Response {
         "server_time": crate::wkt::rfc3339(chrono::Utc::now()),
         "version": env!("CARGO_PKG_VERSION"),
     });
-    (
-        [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(body),
-    )
-        .into_response()
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The reconnecting banner's state. It derives from when each channel entered `reconnecting` (the channel's
 // status_since, or the status_changed event's time), never from individual events: retries inside one
 // reconnecting spell do not reset it, and it clears only when the channel leaves `reconnecting`.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The whatisup dashboard: plain TypeScript + DOM over grpc-web, on the gateway's own origin.
 // State comes from one live StreamEvents subscription (no polling); unary calls do the actions.
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
@@ -146,12 +147,21 @@ function startStream() {
     while (!ctrl.signal.aborted) {
       const state = $("stream-state");
       try {
-        const stream = events.streamEvents({ afterCursor: cursor }, { signal: ctrl.signal });
-        let first = true;
+        const resume = cursor;
+        const stream = events.streamEvents(
+          { afterCursor: cursor },
+          {
+            signal: ctrl.signal,
+            // The subscription is open once the headers arrive: a list read now misses nothing that the
+            // stream will not bring (and older events are ignored against status_since).
+            onHeader: () => {
+              state.dataset.live = "true";
+              setText(state, "Live");
+              if (!resume) void refreshList();
+            },
+          },
+        );
         for await (const item of stream) {
-          if (first) {
-            first = false;
-          }
           state.dataset.live = "true";
           setText(state, "Live");
           delay = 500;
@@ -167,13 +177,9 @@ function startStream() {
       setText(state, "Stream interrupted, reconnecting…");
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(delay * 2, 10_000);
-      // Anything missed while the stream was down is replayed after `cursor`; a first failure lists afresh.
-      if (!cursor) await refreshList();
+      // Anything missed while the stream was down is replayed after `cursor`.
     }
   })();
-  const state = $("stream-state");
-  state.dataset.live = "true";
-  setText(state, "Live");
 }
 
 async function refreshList() {
@@ -292,6 +298,7 @@ function select(id: string) {
   }
   renderList();
   $("detail").hidden = false;
+  if (changed && byId.get(id)?.status === "qr") void loadQr(false);
   if (changed) $("detail-title").focus?.();
 }
 
@@ -310,10 +317,20 @@ function renderDetail() {
   $<HTMLButtonElement>("btn-connect").disabled = !["pending", "disconnected", "failed"].includes(c.status);
   $<HTMLButtonElement>("btn-logout").disabled = !["connected", "reconnecting", "connecting"].includes(c.status);
   const connected = c.status === "connected";
+  const paired = connected || c.status === "reconnecting";
   const pc = $("pair-connected");
-  pc.hidden = !connected;
-  setText(pc, connected ? `Connected${c.phoneNumber ? " as " + c.phoneNumber : ""}` : "");
-  $("pair-qr-block").hidden = connected || c.status === "reconnecting";
+  pc.hidden = !paired;
+  pc.classList.toggle("ok", connected);
+  pc.classList.toggle("warn", !connected);
+  setText(
+    pc,
+    connected
+      ? `Connected${c.phoneNumber ? " as " + c.phoneNumber : ""}`
+      : paired
+        ? `Paired${c.phoneNumber ? " as " + c.phoneNumber : ""}; reconnecting by itself…`
+        : "",
+  );
+  $("pair-qr-block").hidden = paired;
   if (c.status !== "qr") {
     $("qr-figure").hidden = true;
     qrExpires = null;
@@ -539,6 +556,8 @@ async function showDelivery(id: string) {
   );
   if (d.attempts.length === 0) tbody.append(h("tr", {}, h("td", { colspan: "5" }, "No attempt yet.")));
   $("delivery-detail").hidden = false;
+  // The list beside it shows the same delivery's status.
+  await loadDeliveries();
 }
 
 // ---------- views ----------

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Browser test of the dashboard: headless Debian Chromium driven by playwright-core, against a real gateway
 // in test mode (started by tests/it/dashboard.rs, which passes the settings below).
 //   WHATISUP_URL          the gateway, e.g. http://127.0.0.1:41234
