@@ -162,6 +162,13 @@ pub struct Config {
     /// Idempotency-Key answers), in batches of 1000.
     #[arg(long, env = "WHATISUP_CLEANUP_INTERVAL_SECS", default_value_t = 600)]
     pub cleanup_interval_secs: u64,
+    /// The dashboard shows its "reconnecting" banner for a channel that stays `reconnecting` this long.
+    #[arg(
+        long,
+        env = "WHATISUP_DASHBOARD_RECONNECTING_BANNER_SECS",
+        default_value_t = 30
+    )]
+    pub dashboard_reconnecting_banner_secs: u64,
     /// Print the bootstrap keys on first start (tests turn it off).
     #[arg(skip = true)]
     pub print_bootstrap_keys: bool,

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+mod dashboard;
 pub(crate) mod idempotency;
 mod webhooks;
 
@@ -289,6 +290,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/webhook-deliveries/{id}/redeliver",
             post(webhooks::redeliver),
         )
+        .merge(dashboard::router())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -3,6 +3,7 @@
 mod auth;
 mod cli;
 mod cluster;
+mod dashboard;
 mod grpc;
 mod input;
 mod journal;
