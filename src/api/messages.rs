@@ -6,7 +6,7 @@ use crate::error::{ApiError, ApiResult, Code};
 use crate::model::{Principal, Status};
 use crate::pb;
 use crate::sessions::Command;
-use crate::store::channels as channel_store;
+use crate::store::channels::{self as channel_store, ChannelRow};
 use crate::store::messages::{self as store, Inserted, MessageRow, NewMessage};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -47,19 +47,45 @@ fn valid_id(s: &str) -> bool {
 /// The checked request: what is stored.
 struct Valid {
     to: String,
-    text: String,
+    kind: &'static str,
+    payload: Payload,
     client_ref: Option<String>,
     reply_to: Option<String>,
 }
 
+/// What a message carries, by kind.
+enum Payload {
+    Text(String),
+    Media(MediaReq),
+}
+
+/// A media send as asked; the media itself is resolved (looked up or fetched) when it is accepted.
+struct MediaReq {
+    source: MediaSource,
+    caption: Option<String>,
+    filename: Option<String>,
+    mime_type: Option<String>,
+}
+
+enum MediaSource {
+    Url(String),
+    Id(String),
+}
+
+pub const MAX_CAPTION_CHARS: usize = 1_024;
+const MAX_URL: usize = 2_048;
+
 fn validate(req: &pb::SendMessageRequest) -> ApiResult<Valid> {
-    match req.r#type.as_str() {
-        "text" => {}
+    let kind: &'static str = match req.r#type.as_str() {
+        "text" => "text",
         "" => return Err(ApiError::invalid("type", "type is required (text)")),
-        t if MEDIA_TYPES.contains(&t) || t == "location" || t == "reaction" => {
+        t if MEDIA_TYPES.contains(&t) => {
+            MEDIA_TYPES.into_iter().find(|k| *k == t).unwrap_or("image")
+        }
+        t if t == "location" || t == "reaction" => {
             return Err(ApiError::invalid(
                 "type",
-                format!("{t} messages are not supported yet; send text"),
+                format!("{t} messages are not supported yet"),
             ));
         }
         t => {
@@ -68,7 +94,7 @@ fn validate(req: &pb::SendMessageRequest) -> ApiResult<Valid> {
                 format!("unknown message type \"{t}\""),
             ));
         }
-    }
+    };
     if req.to.is_empty() {
         return Err(ApiError::invalid("to", "to is required"));
     }
@@ -78,15 +104,10 @@ fn validate(req: &pb::SendMessageRequest) -> ApiResult<Valid> {
             "to must be an E.164 number (+15551234567) or a group id (<id>@g.us)",
         )
     })?;
-    if req.text.trim().is_empty() {
-        return Err(ApiError::invalid("text", "text is required"));
-    }
-    if req.text.chars().count() > MAX_TEXT_CHARS {
-        return Err(ApiError::invalid(
-            "text",
-            format!("text is longer than {MAX_TEXT_CHARS} characters"),
-        ));
-    }
+    let payload = match kind {
+        "text" => Payload::Text(validate_text(req)?),
+        media => Payload::Media(validate_media(req, media)?),
+    };
     let client_ref = match &req.client_ref {
         None => None,
         Some(r) if r.is_empty() || r.chars().count() > MAX_CLIENT_REF => {
@@ -115,9 +136,147 @@ fn validate(req: &pb::SendMessageRequest) -> ApiResult<Valid> {
     };
     Ok(Valid {
         to,
-        text: req.text.clone(),
+        kind,
+        payload,
         client_ref,
         reply_to,
+    })
+}
+
+fn validate_text(req: &pb::SendMessageRequest) -> ApiResult<String> {
+    if req.text.trim().is_empty() {
+        return Err(ApiError::invalid("text", "text is required"));
+    }
+    if req.text.chars().count() > MAX_TEXT_CHARS {
+        return Err(ApiError::invalid(
+            "text",
+            format!("text is longer than {MAX_TEXT_CHARS} characters"),
+        ));
+    }
+    for (field, set) in [
+        ("media_url", req.media_url.is_some()),
+        ("media_id", req.media_id.is_some()),
+        ("caption", req.caption.is_some()),
+        ("filename", req.filename.is_some()),
+        ("mime_type", req.mime_type.is_some()),
+    ] {
+        if set {
+            return Err(ApiError::invalid(
+                field,
+                format!("{field} is not used by text messages"),
+            ));
+        }
+    }
+    Ok(req.text.clone())
+}
+
+/// image, video, audio, document, sticker: the form of the request (the media is checked when accepted).
+fn validate_media(req: &pb::SendMessageRequest, kind: &str) -> ApiResult<MediaReq> {
+    if !req.text.is_empty() {
+        return Err(ApiError::invalid(
+            "text",
+            format!("text is not used by {kind} messages; use caption"),
+        ));
+    }
+    let source = match (&req.media_url, &req.media_id) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "media_url",
+                "give media_url or media_id, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "media_url",
+                format!("{kind} messages need media_url or media_id"),
+            ));
+        }
+        (Some(u), None) => {
+            let ok = u.len() <= MAX_URL
+                && reqwest::Url::parse(u).is_ok_and(|p| {
+                    (p.scheme() == "https" || p.scheme() == "http")
+                        && p.host_str().is_some_and(|h| !h.is_empty())
+                });
+            if !ok {
+                return Err(ApiError::invalid(
+                    "media_url",
+                    format!(
+                        "media_url must be an http or https URL of at most {MAX_URL} characters"
+                    ),
+                ));
+            }
+            MediaSource::Url(u.clone())
+        }
+        (None, Some(id)) => {
+            if !crate::media::valid_media_id(id) {
+                return Err(ApiError::invalid(
+                    "media_id",
+                    "media_id must be an id from POST /v1/channels/{id}/media (med_...)",
+                ));
+            }
+            MediaSource::Id(id.clone())
+        }
+    };
+    let caption = match req.caption.as_deref() {
+        None | Some("") => None,
+        Some(_) if kind == "audio" || kind == "sticker" => {
+            return Err(ApiError::invalid(
+                "caption",
+                format!("{kind} messages have no caption"),
+            ));
+        }
+        Some(c) if c.chars().count() > MAX_CAPTION_CHARS => {
+            return Err(ApiError::invalid(
+                "caption",
+                format!("caption is longer than {MAX_CAPTION_CHARS} characters"),
+            ));
+        }
+        Some(c) => Some(c.to_string()),
+    };
+    let filename = match req.filename.as_deref() {
+        None => None,
+        Some(_) if kind != "document" => {
+            return Err(ApiError::invalid(
+                "filename",
+                "filename is used by document messages only",
+            ));
+        }
+        Some(f) if crate::media::valid_filename(f) => Some(f.to_string()),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "filename",
+                format!(
+                    "filename must be 1 to {} characters, without / \\ or control characters",
+                    crate::media::MAX_FILENAME
+                ),
+            ));
+        }
+    };
+    if kind == "document" && filename.is_none() && matches!(source, MediaSource::Url(_)) {
+        return Err(ApiError::invalid(
+            "filename",
+            "document messages need a filename",
+        ));
+    }
+    let mime_type = match req.mime_type.as_deref() {
+        None => None,
+        Some(m) => {
+            let m = crate::media::normalize_mime(m).ok_or_else(|| {
+                ApiError::invalid(
+                    "mime_type",
+                    "mime_type must be type/subtype, e.g. image/jpeg",
+                )
+            })?;
+            crate::media::check_kind_mime(kind, &m)
+                .map_err(|e| ApiError::invalid("mime_type", e))?;
+            Some(m)
+        }
+    };
+    Ok(MediaReq {
+        source,
+        caption,
+        filename,
+        mime_type,
     })
 }
 
@@ -163,7 +322,23 @@ pub fn message_pb(m: &MessageRow) -> pb::Message {
         sent_at: m.sent_at.map(Into::into),
         expires_at: Some(m.expires_at.into()),
         history,
+        media: media_pb(&m.body["media"]),
+        caption: m.body["caption"].as_str().map(str::to_string),
     }
+}
+
+fn media_pb(v: &Value) -> Option<pb::MessageMedia> {
+    let id = v["id"].as_str()?;
+    Some(pb::MessageMedia {
+        media_id: id.to_string(),
+        mime_type: v["mime_type"].as_str().unwrap_or_default().to_string(),
+        size: v["size"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0),
+        sha256: v["sha256"].as_str().unwrap_or_default().to_string(),
+        filename: v["filename"].as_str().map(str::to_string),
+    })
 }
 
 impl App {
@@ -173,7 +348,7 @@ impl App {
         req: pb::SendMessageRequest,
     ) -> ApiResult<pb::SendMessageResponse> {
         let v = validate(&req)?;
-        let client = self.pool.get().await?;
+        let mut client = self.pool.get().await?;
         let ch = channel_store::get_visible(&client, p, &req.channel_id).await?;
         // Accepted while the session runs (or is coming back); refused where nothing would ever send it.
         if !matches!(
@@ -202,9 +377,20 @@ impl App {
             e.retry_after = Some(10);
             return Err(e);
         }
+        let ttl_secs = i64::try_from(self.cfg.message_ttl_secs).unwrap_or(i64::MAX / 2);
+        let body = match &v.payload {
+            Payload::Text(text) => json!({"text": text, "reply_to": reply_to}),
+            Payload::Media(m) => {
+                // A fetch may take a while: no database connection is held meanwhile.
+                drop(client);
+                let mut body = self.resolve_media(&ch, v.kind, m).await?;
+                body["reply_to"] = reply_to;
+                client = self.pool.get().await?;
+                body
+            }
+        };
         let id = crate::store::new_id("msg");
         let wa_id = crate::engine::new_message_id();
-        let body = json!({"text": v.text, "reply_to": reply_to});
         let inserted = store::insert(
             &client,
             &NewMessage {
@@ -214,10 +400,10 @@ impl App {
                 channel_id: &ch.id,
                 wa_id: &wa_id,
                 to: &v.to,
-                kind: "text",
+                kind: v.kind,
                 body: &body,
                 client_ref: v.client_ref.as_deref(),
-                ttl_secs: i64::try_from(self.cfg.message_ttl_secs).unwrap_or(i64::MAX / 2),
+                ttl_secs,
             },
         )
         .await?;
@@ -242,6 +428,84 @@ impl App {
                 })
             }
         }
+    }
+
+    /// The media of a send, ready to store in the message's body: looked up (media_id, kept at least as long as
+    /// the message may wait) or fetched and stored (media_url). Every refusal names its field; a refused fetch
+    /// stores nothing.
+    async fn resolve_media(&self, ch: &ChannelRow, kind: &str, m: &MediaReq) -> ApiResult<Value> {
+        let keep = std::time::Duration::from_secs(self.cfg.message_ttl_secs.saturating_add(3_600));
+        let (stored, field) = match &m.source {
+            MediaSource::Id(id) => {
+                let client = self.pool.get().await?;
+                let s = self
+                    .media
+                    .lookup(&client, &ch.id, id, keep)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "media_id",
+                            "no such media on this channel (unknown, or past its retention)",
+                        )
+                    })?;
+                (s, "media_id")
+            }
+            MediaSource::Url(url) => {
+                let (data, content_type) = self.media.fetch(url, "media_url").await?;
+                if data.is_empty() {
+                    return Err(ApiError::invalid(
+                        "media_url",
+                        "media_url answered an empty body",
+                    ));
+                }
+                let mime = match (
+                    &m.mime_type,
+                    content_type
+                        .as_deref()
+                        .and_then(crate::media::normalize_mime),
+                ) {
+                    (Some(m), _) => m.clone(),
+                    (None, Some(ct)) => ct,
+                    (None, None) => {
+                        return Err(ApiError::invalid(
+                            "mime_type",
+                            "media_url answered without a usable Content-Type: give mime_type",
+                        ));
+                    }
+                };
+                crate::media::check_kind_mime(kind, &mime)
+                    .map_err(|e| ApiError::invalid("media_url", e))?;
+                let s = self
+                    .media
+                    .store(
+                        &ch.customer_id,
+                        &ch.id,
+                        "url",
+                        &mime,
+                        m.filename.as_deref(),
+                        &data,
+                        Some(keep),
+                    )
+                    .await?;
+                (s, "media_url")
+            }
+        };
+        let mime = m
+            .mime_type
+            .clone()
+            .unwrap_or_else(|| stored.mime_type.clone());
+        crate::media::check_kind_mime(kind, &mime).map_err(|e| ApiError::invalid(field, e))?;
+        let filename = m.filename.clone().or_else(|| stored.filename.clone());
+        if kind == "document" && filename.is_none() {
+            return Err(ApiError::invalid(
+                "filename",
+                "document messages need a filename",
+            ));
+        }
+        let mut media = stored.json();
+        media["mime_type"] = mime.into();
+        media["filename"] = filename.into();
+        Ok(json!({"media": media, "caption": m.caption}))
     }
 
     /// What a reply quotes: one of our messages, or a received one (its author comes from the event log).
@@ -351,6 +615,21 @@ mod tests {
         assert_eq!(
             field(pb::SendMessageRequest {
                 r#type: "image".into(),
+                ..ok.clone()
+            }),
+            Some("text".into())
+        );
+        assert_eq!(
+            field(pb::SendMessageRequest {
+                r#type: "image".into(),
+                text: String::new(),
+                ..ok.clone()
+            }),
+            Some("media_url".into())
+        );
+        assert_eq!(
+            field(pb::SendMessageRequest {
+                r#type: "location".into(),
                 ..ok.clone()
             }),
             Some("type".into())

@@ -4,6 +4,7 @@
 pub mod channels;
 pub mod events;
 pub mod keys;
+pub mod media;
 pub mod messages;
 pub mod sandbox;
 pub mod webhooks;
@@ -39,6 +40,7 @@ pub struct App {
     pub limiter: RateLimiter,
     pub open_streams: Arc<AtomicUsize>,
     pub webhooks: Arc<crate::webhooks::Settings>,
+    pub media: Arc<crate::media::Media>,
     key_cache: Mutex<HashMap<Vec<u8>, (CachedKey, Instant)>>,
 }
 
@@ -60,6 +62,7 @@ impl App {
         node: Arc<Node>,
         metrics: Arc<Metrics>,
         webhooks: Arc<crate::webhooks::Settings>,
+        media: Arc<crate::media::Media>,
     ) -> App {
         let limiter = RateLimiter::new(cfg.rate_limit_burst, cfg.rate_limit_per_sec);
         App {
@@ -73,6 +76,7 @@ impl App {
             limiter,
             open_streams: Arc::new(AtomicUsize::new(0)),
             webhooks,
+            media,
             key_cache: Mutex::new(HashMap::new()),
         }
     }

@@ -162,6 +162,16 @@ pub enum SandboxAction {
         message_id: String,
         status: ReceiptStatus,
     },
+    /// A media message arrives. The bytes are stored already (the API stored them before the action, as the
+    /// action may travel to another node through NOTIFY); `media` is the event's `media` object (signed URL, ...).
+    InboundMedia {
+        message_id: String,
+        from: String,
+        /// image | video | audio | document | sticker
+        kind: String,
+        caption: Option<String>,
+        media: Value,
+    },
 }
 
 #[async_trait]
@@ -184,8 +194,71 @@ pub struct Outgoing<'a> {
     pub to: &'a str,
     /// The WhatsApp id, fixed before the first attempt; every attempt carries it.
     pub message_id: &'a str,
-    pub text: &'a str,
+    pub content: Content<'a>,
     pub reply_to: Option<Quoted<'a>>,
+}
+
+/// What an outbound message carries: one variant per kind of message of contract §6 (the outbox builds it from
+/// the row's `type` and `body`; each engine maps every variant).
+#[derive(Debug, Clone, Copy)]
+pub enum Content<'a> {
+    Text(&'a str),
+    /// image, video, audio, document, sticker: the bytes as stored (the engine encrypts and uploads them).
+    Media(MediaContent<'a>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaKind {
+    Image,
+    Video,
+    Audio,
+    Document,
+    Sticker,
+}
+
+impl MediaKind {
+    pub fn parse(s: &str) -> Option<MediaKind> {
+        Some(match s {
+            "image" => MediaKind::Image,
+            "video" => MediaKind::Video,
+            "audio" => MediaKind::Audio,
+            "document" => MediaKind::Document,
+            "sticker" => MediaKind::Sticker,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image",
+            MediaKind::Video => "video",
+            MediaKind::Audio => "audio",
+            MediaKind::Document => "document",
+            MediaKind::Sticker => "sticker",
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub struct MediaContent<'a> {
+    pub kind: MediaKind,
+    pub mime_type: &'a str,
+    pub data: &'a [u8],
+    /// image, video, document.
+    pub caption: Option<&'a str>,
+    /// document.
+    pub filename: Option<&'a str>,
+}
+
+/// Not the bytes (up to the media cap) in a debug line.
+impl std::fmt::Debug for MediaContent<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaContent")
+            .field("kind", &self.kind)
+            .field("mime_type", &self.mime_type)
+            .field("len", &self.data.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The message a reply quotes.
@@ -203,11 +276,9 @@ pub trait EngineSession: Send + Sync {
     /// Sends a text to an E.164 number under `message_id`, fixed by the caller before the send (see
     /// [`new_message_id`]) so that a send interrupted by a crash can be recognised, not repeated.
     async fn send_text(&self, to: &str, text: &str, message_id: &str) -> Result<(), EngineError>;
-    /// Sends an outbound message (a text, possibly quoting another). A send repeated with the same id (after a
-    /// crash) is dropped by WhatsApp's servers as a duplicate.
-    async fn send(&self, m: &Outgoing<'_>) -> Result<(), EngineError> {
-        self.send_text(m.to, m.text, m.message_id).await
-    }
+    /// Sends an outbound message of any kind (see [`Content`]), possibly quoting another. A send repeated with
+    /// the same id (after a crash) is dropped by WhatsApp's servers as a duplicate.
+    async fn send(&self, m: &Outgoing<'_>) -> Result<(), EngineError>;
     /// Unlinks the device from the account.
     async fn logout(&self) -> Result<(), EngineError>;
     /// Closes the connection after flushing; emits nothing more.

@@ -144,7 +144,7 @@ impl EngineSession for SandboxSession {
         self.send(&super::Outgoing {
             to,
             message_id: id,
-            text,
+            content: super::Content::Text(text),
             reply_to: None,
         })
         .await
@@ -163,8 +163,25 @@ impl EngineSession for SandboxSession {
             .get()
             .await
             .map_err(|e| EngineError::Network(format!("simulated server: {e}")))?;
-        let body =
-            serde_json::json!({"text": m.text, "reply_to": m.reply_to.map(|q| q.message_id)});
+        let reply_to = m.reply_to.map(|q| q.message_id);
+        let body = match m.content {
+            super::Content::Text(text) => serde_json::json!({"text": text, "reply_to": reply_to}),
+            // The simulated server records what it received: the bytes' size and hash, not the bytes.
+            super::Content::Media(md) => {
+                use sha2::Digest;
+                serde_json::json!({
+                    "type": md.kind.as_str(),
+                    "caption": md.caption,
+                    "reply_to": reply_to,
+                    "media": {
+                        "mime_type": md.mime_type,
+                        "size": md.data.len(),
+                        "sha256": hex::encode(sha2::Sha256::digest(md.data)),
+                        "filename": md.filename,
+                    },
+                })
+            }
+        };
         client
             .execute(
                 "INSERT INTO sandbox_accepted (channel_id, wa_id, to_addr, body) VALUES ($1, $2, $3, $4)
@@ -351,6 +368,38 @@ impl Phone {
         }
     }
 
+    /// A message arrives from the simulated phone's contact; answered once the gateway committed it. False when
+    /// the session has ended.
+    async fn deliver(
+        &self,
+        message_id: String,
+        from: String,
+        body: serde_json::Value,
+        reply: Reply,
+    ) -> bool {
+        let (ack, acked) = oneshot::channel();
+        let messages = vec![InboundMessage {
+            message_id: message_id.clone(),
+            from,
+            timestamp: Utc::now(),
+            body,
+        }];
+        if !self.emit(EngineEvent::Inbound { messages, ack }).await {
+            let _ = reply.send(Err(EngineError::InvalidState(
+                "the session has ended".into(),
+            )));
+            return false;
+        }
+        let r = match tokio::time::timeout(Duration::from_secs(10), acked).await {
+            Ok(Ok(())) => Ok(Some(message_id)),
+            _ => Err(EngineError::Other(
+                "the gateway did not commit the message".into(),
+            )),
+        };
+        let _ = reply.send(r);
+        true
+    }
+
     /// One request to the paired phone; false when the session ends with it.
     async fn on_ctl(&self, ctl: Ctl, reply: Reply) -> bool {
         match ctl {
@@ -426,6 +475,19 @@ impl Phone {
                         )),
                     };
                     let _ = reply.send(r);
+                }
+                SandboxAction::InboundMedia {
+                    message_id,
+                    from,
+                    kind,
+                    caption,
+                    media,
+                } => {
+                    let body =
+                        serde_json::json!({"type": kind, "media": media, "caption": caption});
+                    if !self.deliver(message_id, from, body, reply).await {
+                        return false;
+                    }
                 }
                 SandboxAction::Receipt { message_id, status } => {
                     let ok = self

@@ -10,7 +10,9 @@
 //! session holds no sender task.
 
 use super::Node;
-use crate::engine::{EngineError, EngineSession, Outgoing, Quoted};
+use crate::engine::{
+    Content, EngineError, EngineSession, MediaContent, MediaKind, Outgoing, Quoted,
+};
 use crate::events::{Fence, MessageChange, MessageWrite, Op, OpOutcome};
 use crate::store::messages::{self, MessageRow};
 use crate::wkt::rfc3339;
@@ -289,8 +291,48 @@ impl Drain {
         tokio::spawn(async move { journal.submit(op).await })
     }
 
+    /// The bytes of a media message, from the media table (any node can send them).
+    async fn media_bytes(&self, row: &MessageRow) -> Result<Vec<u8>, EngineError> {
+        let id = row.body["media"]["id"].as_str().unwrap_or_default();
+        let client = self
+            .node
+            .pool
+            .get()
+            .await
+            .map_err(|e| EngineError::Network(format!("database: {e}")))?;
+        match crate::media::load(&client, id).await {
+            Ok(Some(data)) => Ok(data),
+            // Kept as long as the message may wait; gone means deleted by hand: it can never go out.
+            Ok(None) => Err(EngineError::Other(format!(
+                "the media {id} is no longer stored"
+            ))),
+            Err(e) => Err(EngineError::Network(format!("database: {e}"))),
+        }
+    }
+
     async fn send(&self, row: &MessageRow) -> Result<(), EngineError> {
-        let text = row.body["text"].as_str().unwrap_or_default();
+        let media = match MediaKind::parse(&row.kind) {
+            Some(kind) => Some((kind, self.media_bytes(row).await?)),
+            None => None,
+        };
+        let content = match (row.kind.as_str(), &media) {
+            ("text", _) => Content::Text(row.body["text"].as_str().unwrap_or_default()),
+            (_, Some((kind, data))) => Content::Media(MediaContent {
+                kind: *kind,
+                mime_type: row.body["media"]["mime_type"]
+                    .as_str()
+                    .unwrap_or("application/octet-stream"),
+                data,
+                caption: row.body["caption"].as_str(),
+                filename: row.body["media"]["filename"].as_str(),
+            }),
+            // The API stores only types it validated; a row of another type comes from a newer gateway version.
+            (other, None) => {
+                return Err(EngineError::Other(format!(
+                    "message type {other} is not supported by this gateway version"
+                )));
+            }
+        };
         let reply_to = row.body["reply_to"]["whatsapp_id"]
             .as_str()
             .map(|id| Quoted {
@@ -300,7 +342,7 @@ impl Drain {
         let m = Outgoing {
             to: &row.to,
             message_id: &row.wa_id,
-            text,
+            content,
             reply_to,
         };
         match tokio::time::timeout(self.node.cfg.send_timeout(), self.session.send(&m)).await {

@@ -42,6 +42,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "messages",
         include_str!("../../migrations/0006_messages.sql"),
     ),
+    (7, "media", include_str!("../../migrations/0007_media.sql")),
 ];
 
 /// Serialises migrations (and the first-start bootstrap) across nodes starting together.

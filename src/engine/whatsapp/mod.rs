@@ -206,7 +206,7 @@ impl EngineSession for WaSession {
         self.send(&super::Outgoing {
             to,
             message_id,
-            text,
+            content: super::Content::Text(text),
             reply_to: None,
         })
         .await
@@ -230,8 +230,16 @@ impl EngineSession for WaSession {
                 Jid::pn(number)
             }
         };
+        let text = match m.content {
+            super::Content::Text(t) => t,
+            super::Content::Media(_) => {
+                return Err(EngineError::Other(
+                    "media is not supported by the WhatsApp engine yet".into(),
+                ));
+            }
+        };
         let message = match m.reply_to {
-            None => whatsapp_rust::prelude::wa::Message::text(m.text),
+            None => whatsapp_rust::prelude::wa::Message::text(text),
             Some(q) => {
                 // A quote names the quoted message and, when someone else wrote it, its author.
                 let participant = match q.participant {
@@ -246,7 +254,7 @@ impl EngineSession for WaSession {
                     participant: Some(participant),
                     ..Default::default()
                 };
-                whatsapp_rust::prelude::wa::Message::text_with_context(m.text, context)
+                whatsapp_rust::prelude::wa::Message::text_with_context(text, context)
             }
         };
         let options = SendOptions::default().with_message_id(m.message_id);
