@@ -529,3 +529,71 @@ async fn gateway_sends_text_once_and_receipts_become_statuses() {
     session.stop().await;
     db.drop_db().await;
 }
+
+/// An image sent through the API: uploaded (encrypted) to the fake media host, and the contact decrypts exactly
+/// the bytes given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_image_reaches_the_contact_byte_exact() {
+    use sha2::Digest;
+    let db = TestDb::new();
+    let fake = fake().await;
+    let mut cfg = wa_config(&db, &fake);
+    cfg.send_rate_per_sec = 0.0;
+    let gw = Gw::start(cfg).await;
+    let keys = gw.customer("acme").await;
+    let api = Api::new(&gw.base, &keys.live);
+    let phone = "+15550004101";
+    let id = pair(&api, &fake, phone).await;
+
+    let bytes: Vec<u8> = (0..50_000u32)
+        .map(|i| (i.wrapping_mul(7919) >> 3) as u8)
+        .collect();
+    let up: Value = api
+        .http
+        .post(format!("{}/v1/channels/{id}/media", gw.base))
+        .bearer_auth(&keys.live)
+        .header("content-type", "image/jpeg")
+        .body(bytes.clone())
+        .send()
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("json");
+    let media_id = up["media_id"].as_str().expect("media_id");
+    let (s, r) = api
+        .post(
+            &format!("/v1/channels/{id}/messages"),
+            json!({"to": "+15557650101", "type": "image", "media_id": media_id, "caption": "a picture"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{r}");
+    let mid = r["message_id"].as_str().expect("message_id").to_string();
+    let deadline = tokio::time::Instant::now() + T;
+    let out = loop {
+        let out = fake.outbound(d(phone)).await.expect("outbound");
+        if !out.is_empty() {
+            break out;
+        }
+        let (_, m) = api.get(&format!("/v1/channels/{id}/messages/{mid}")).await;
+        assert_ne!(m["status"], "failed", "{m}");
+        assert!(tokio::time::Instant::now() < deadline, "not delivered: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(out.len(), 1, "{out:?}");
+    let o = &out[0];
+    assert_eq!(
+        (o.to.as_str(), o.r#type.as_str(), o.text.as_str()),
+        ("15557650101", "image", "a picture")
+    );
+    let media = o.media.as_ref().expect("media");
+    assert_eq!(media.sha256, hex::encode(sha2::Sha256::digest(&bytes)));
+    assert_eq!(
+        (media.size, media.mime_type.as_str()),
+        (50_000, "image/jpeg")
+    );
+    let (_, m) = api.get(&format!("/v1/channels/{id}/messages/{mid}")).await;
+    assert_eq!(o.message_id, m["whatsapp_id"].as_str().unwrap_or_default());
+    gw.stop().await;
+    db.drop_db().await;
+}

@@ -735,6 +735,9 @@ impl Session<'_> {
                     }
                 })
             }
+            ("w:m", _) if node.get_optional_child("media_conn").is_some() => {
+                iq::media_conn(&id, &self.shared.media_host())
+            }
             (other, _) => iq::simple(&id, other, node),
         };
         self.send(&answer).await?;
@@ -883,16 +886,33 @@ impl Session<'_> {
             }
             .await;
             match decrypted {
-                Ok(message) => match message.text_content() {
-                    Some(text) => self.shared.record_outbound(
+                Ok(message) => match (message.text_content(), self.shared.open_media(&message)) {
+                    (_, Some(Ok((kind, caption, media)))) => self.shared.record_outbound(
+                        &phone,
+                        Outbound {
+                            to: contact,
+                            text: caption.unwrap_or_default(),
+                            message_id: id.clone(),
+                            r#type: kind.to_string(),
+                            media: Some(media),
+                        },
+                    ),
+                    (_, Some(Err(e))) => {
+                        tracing::warn!(conn = self.me.id, %id, "cannot open the media: {e:#}")
+                    }
+                    (Some(text), None) => self.shared.record_outbound(
                         &phone,
                         Outbound {
                             to: contact,
                             text: text.to_string(),
                             message_id: id.clone(),
+                            r#type: "text".into(),
+                            media: None,
                         },
                     ),
-                    None => tracing::debug!(conn = self.me.id, %id, "non-text message ignored"),
+                    (None, None) => {
+                        tracing::debug!(conn = self.me.id, %id, "non-text message ignored")
+                    }
                 },
                 Err(e) => {
                     tracing::warn!(conn = self.me.id, %id, %contact, "cannot decrypt: {e:#}")

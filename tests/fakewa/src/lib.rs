@@ -134,8 +134,28 @@ pub(crate) fn heap_bytes() -> Option<u64> {
 pub struct Outbound {
     /// The contact's phone number.
     pub to: String,
+    /// The text, or a media message's caption (empty when it has none).
     pub text: String,
     pub message_id: String,
+    /// text | image | video | audio | document | sticker
+    #[serde(default = "text_kind")]
+    pub r#type: String,
+    /// Media: what the contact downloaded from the fake media host and decrypted with the message's key.
+    #[serde(default)]
+    pub media: Option<OutboundMedia>,
+}
+
+fn text_kind() -> String {
+    "text".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundMedia {
+    /// Hex SHA-256 of the decrypted bytes.
+    pub sha256: String,
+    pub size: u64,
+    pub mime_type: String,
+    pub filename: Option<String>,
 }
 
 /// A message injected with [`FakeWa::inbound`] and whether the client has acknowledged it.
@@ -198,6 +218,8 @@ impl FakeWa {
     pub async fn start(listener: TcpListener) -> anyhow::Result<FakeWa> {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new()?);
+        // Media URLs are https://<this address>/...; the gateway's test build fetches them over plain HTTP.
+        shared.set_media_host(addr.to_string());
         let app = http::router(shared.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
