@@ -169,6 +169,27 @@ pub struct Config {
         default_value_t = 30
     )]
     pub dashboard_reconnecting_banner_secs: u64,
+    /// Media: largest upload, fetched media_url, or inbound media (bytes). Reading stops at the cap.
+    #[arg(long, env = "WHATISUP_MEDIA_MAX_BYTES", default_value_t = 25 * 1024 * 1024)]
+    pub media_max_bytes: usize,
+    /// Media: how long uploads and inbound media are kept (and signed download URLs stay valid). 7 days.
+    #[arg(long, env = "WHATISUP_MEDIA_RETENTION_SECS", default_value_t = 7 * 86_400)]
+    pub media_retention_secs: u64,
+    /// Media: one media_url fetch's timeout (connect, answer, whole body).
+    #[arg(
+        long,
+        env = "WHATISUP_MEDIA_FETCH_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub media_fetch_timeout_ms: u64,
+    /// Media: address blocks a media_url may be in although the SSRF guard refuses them by default
+    /// (comma-separated CIDRs, e.g. `127.0.0.0/8`).
+    #[arg(long, env = "WHATISUP_MEDIA_ALLOW_CIDRS", default_value = "")]
+    pub media_allow_cidrs: String,
+    /// The gateway's public base URL (e.g. `https://wa.example.com`): signed media URLs in events are absolute
+    /// under it. Unset: they are paths (`/v1/media/...`) relative to wherever the API is reached.
+    #[arg(long, env = "WHATISUP_PUBLIC_URL", default_value = "")]
+    pub public_url: String,
     /// Print the bootstrap keys on first start (tests turn it off).
     #[arg(skip = true)]
     pub print_bootstrap_keys: bool,

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod media;
 pub mod metrics;
 pub mod model;
 pub mod pb;
@@ -106,6 +107,9 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// How often a node deletes expired media.
+const MEDIA_CLEANUP_EVERY: Duration = Duration::from_secs(60);
+
 /// Connects, migrates, bootstraps and starts serving on `listener`.
 pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Running> {
     let cfg = Arc::new(config);
@@ -160,6 +164,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         vec![sandbox, whatsapp],
         metrics.clone(),
     );
+    let media = Arc::new(media::Media::new(&cfg, pool.clone(), keys.clone())?);
     let app = Arc::new(App::new(
         cfg.clone(),
         pool.clone(),
@@ -169,6 +174,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         node.clone(),
         metrics.clone(),
         webhook_settings.clone(),
+        media.clone(),
     ));
 
     let background = CancellationToken::new();
@@ -190,6 +196,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         Duration::from_secs(cfg.cleanup_interval_secs.max(1)),
         background.clone(),
     ));
+    tokio::spawn(media.cleanup_loop(MEDIA_CLEANUP_EVERY, background.clone()));
     let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel::<String>(4_096);
     tokio::spawn(events::hub::run(
         hub,
@@ -239,6 +246,7 @@ fn build_router(app: Arc<App>, stop: CancellationToken) -> anyhow::Result<axum::
         channels::ChannelGrpc, events::EventGrpc, keys::ApiKeyGrpc, messages::MessageGrpc,
         sandbox::SandboxGrpc, webhooks::WebhookGrpc,
     };
+    use crate::pb::media_service_server::MediaServiceServer;
     use crate::pb::{
         api_key_service_server::ApiKeyServiceServer, channel_service_server::ChannelServiceServer,
         event_service_server::EventServiceServer, message_service_server::MessageServiceServer,
@@ -266,7 +274,12 @@ fn build_router(app: Arc<App>, stop: CancellationToken) -> anyhow::Result<axum::
         .add_service(EventServiceServer::new(EventGrpc(app.clone())))
         .add_service(ApiKeyServiceServer::new(ApiKeyGrpc(app.clone())))
         .add_service(WebhookServiceServer::new(WebhookGrpc(app.clone())))
-        .add_service(MessageServiceServer::new(MessageGrpc(app.clone())));
+        .add_service(MessageServiceServer::new(MessageGrpc(app.clone())))
+        .add_service(
+            // Uploads are one message: allow the media cap (plus the envelope).
+            MediaServiceServer::new(api::media::MediaGrpc(app.clone()))
+                .max_decoding_message_size(app.media.max_bytes.saturating_add(64 * 1024)),
+        );
     let router = grpc
         .routes()
         .into_axum_router()

@@ -6,7 +6,7 @@ use crate::error::{ApiError, ApiResult, Code};
 use crate::model::{Principal, Status};
 use crate::pb;
 use crate::sessions::Command;
-use crate::store::channels as channel_store;
+use crate::store::channels::{self as channel_store, ChannelRow};
 use crate::store::messages::{self as store, Accepted, MessageRow};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -62,6 +62,8 @@ enum Kind {
         target: String,
         emoji: String,
     },
+    /// image, video, audio, document, sticker.
+    Media(MediaReq),
 }
 
 struct Location {
@@ -70,6 +72,22 @@ struct Location {
     name: Option<String>,
     address: Option<String>,
 }
+
+/// A media send as asked; the media itself is resolved (looked up or fetched) when it is accepted.
+struct MediaReq {
+    source: MediaSource,
+    caption: Option<String>,
+    filename: Option<String>,
+    mime_type: Option<String>,
+}
+
+enum MediaSource {
+    Url(String),
+    Id(String),
+}
+
+pub const MAX_CAPTION_CHARS: usize = 1_024;
+const MAX_URL: usize = 2_048;
 
 /// Name and address of a location.
 pub const MAX_LOCATION_TEXT: usize = 256;
@@ -82,14 +100,12 @@ fn validate(req: &pb::SendMessageRequest) -> ApiResult<Valid> {
         "" => {
             return Err(ApiError::invalid(
                 "type",
-                "type is required (text, location or reaction)",
+                "type is required (text, image, video, audio, document, sticker, location or reaction)",
             ));
         }
         t if MEDIA_TYPES.contains(&t) => {
-            return Err(ApiError::invalid(
-                "type",
-                format!("{t} messages are not supported yet"),
-            ));
+            let kind = MEDIA_TYPES.into_iter().find(|k| *k == t).unwrap_or("image");
+            (kind, Kind::Media(validate_media(req, kind)?))
         }
         t => {
             return Err(ApiError::invalid(
@@ -151,6 +167,7 @@ fn validate(req: &pb::SendMessageRequest) -> ApiResult<Valid> {
 
 /// Fields of other types must not ride along unnoticed.
 fn refuse_foreign(req: &pb::SendMessageRequest, kind: &str) -> ApiResult<()> {
+    let media = MEDIA_TYPES.contains(&kind);
     let foreign = [
         ("text", kind != "text" && !req.text.is_empty()),
         ("latitude", kind != "location" && req.latitude.is_some()),
@@ -159,6 +176,11 @@ fn refuse_foreign(req: &pb::SendMessageRequest, kind: &str) -> ApiResult<()> {
         ("address", kind != "location" && req.address.is_some()),
         ("message_id", kind != "reaction" && req.message_id.is_some()),
         ("emoji", kind != "reaction" && req.emoji.is_some()),
+        ("media_url", !media && req.media_url.is_some()),
+        ("media_id", !media && req.media_id.is_some()),
+        ("caption", !media && req.caption.is_some()),
+        ("filename", !media && req.filename.is_some()),
+        ("mime_type", !media && req.mime_type.is_some()),
     ];
     match foreign.iter().find(|(_, bad)| *bad) {
         Some((field, _)) => Err(ApiError::invalid(
@@ -303,6 +325,117 @@ pub fn is_one_emoji(s: &str) -> bool {
     !expect_base
 }
 
+/// image, video, audio, document, sticker: the form of the request (the media is checked when accepted).
+fn validate_media(req: &pb::SendMessageRequest, kind: &str) -> ApiResult<MediaReq> {
+    if !req.text.is_empty() {
+        return Err(ApiError::invalid(
+            "text",
+            format!("text is not used by {kind} messages; use caption"),
+        ));
+    }
+    refuse_foreign(req, kind)?;
+    let source = match (&req.media_url, &req.media_id) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "media_url",
+                "give media_url or media_id, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "media_url",
+                format!("{kind} messages need media_url or media_id"),
+            ));
+        }
+        (Some(u), None) => {
+            let ok = u.len() <= MAX_URL
+                && reqwest::Url::parse(u).is_ok_and(|p| {
+                    (p.scheme() == "https" || p.scheme() == "http")
+                        && p.host_str().is_some_and(|h| !h.is_empty())
+                });
+            if !ok {
+                return Err(ApiError::invalid(
+                    "media_url",
+                    format!(
+                        "media_url must be an http or https URL of at most {MAX_URL} characters"
+                    ),
+                ));
+            }
+            MediaSource::Url(u.clone())
+        }
+        (None, Some(id)) => {
+            if !crate::media::valid_media_id(id) {
+                return Err(ApiError::invalid(
+                    "media_id",
+                    "media_id must be an id from POST /v1/channels/{id}/media (med_...)",
+                ));
+            }
+            MediaSource::Id(id.clone())
+        }
+    };
+    let caption = match req.caption.as_deref() {
+        None | Some("") => None,
+        Some(_) if kind == "audio" || kind == "sticker" => {
+            return Err(ApiError::invalid(
+                "caption",
+                format!("{kind} messages have no caption"),
+            ));
+        }
+        Some(c) if c.chars().count() > MAX_CAPTION_CHARS => {
+            return Err(ApiError::invalid(
+                "caption",
+                format!("caption is longer than {MAX_CAPTION_CHARS} characters"),
+            ));
+        }
+        Some(c) => Some(c.to_string()),
+    };
+    let filename = match req.filename.as_deref() {
+        None => None,
+        Some(_) if kind != "document" => {
+            return Err(ApiError::invalid(
+                "filename",
+                "filename is used by document messages only",
+            ));
+        }
+        Some(f) if crate::media::valid_filename(f) => Some(f.to_string()),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "filename",
+                format!(
+                    "filename must be 1 to {} characters, without / \\ or control characters",
+                    crate::media::MAX_FILENAME
+                ),
+            ));
+        }
+    };
+    if kind == "document" && filename.is_none() && matches!(source, MediaSource::Url(_)) {
+        return Err(ApiError::invalid(
+            "filename",
+            "document messages need a filename",
+        ));
+    }
+    let mime_type = match req.mime_type.as_deref() {
+        None => None,
+        Some(m) => {
+            let m = crate::media::normalize_mime(m).ok_or_else(|| {
+                ApiError::invalid(
+                    "mime_type",
+                    "mime_type must be type/subtype, e.g. image/jpeg",
+                )
+            })?;
+            crate::media::check_kind_mime(kind, &m)
+                .map_err(|e| ApiError::invalid("mime_type", e))?;
+            Some(m)
+        }
+    };
+    Ok(MediaReq {
+        source,
+        caption,
+        filename,
+        mime_type,
+    })
+}
+
 fn ts(s: Option<&str>) -> Option<crate::wkt::Timestamp> {
     s.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
         .map(|t| t.with_timezone(&Utc).into())
@@ -364,7 +497,23 @@ pub fn message_pb(m: &MessageRow) -> pb::Message {
         sent_at: m.sent_at.map(Into::into),
         expires_at: Some(m.expires_at.into()),
         history,
+        media: media_pb(&m.body["media"]),
+        caption: m.body["caption"].as_str().map(str::to_string),
     }
+}
+
+fn media_pb(v: &Value) -> Option<pb::MessageMedia> {
+    let id = v["id"].as_str()?;
+    Some(pb::MessageMedia {
+        media_id: id.to_string(),
+        mime_type: v["mime_type"].as_str().unwrap_or_default().to_string(),
+        size: v["size"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0),
+        sha256: v["sha256"].as_str().unwrap_or_default().to_string(),
+        filename: v["filename"].as_str().map(str::to_string),
+    })
 }
 
 impl App {
@@ -392,7 +541,7 @@ impl App {
             Some(r) => self.quoted(&client, &ch.id, r, &v.to, "reply_to").await?,
         };
         let body = match &v.content {
-            Kind::Text(text) => json!({"text": text, "reply_to": reply_to}),
+            Kind::Text(text) => json!({"text": text, "reply_to": reply_to.clone()}),
             Kind::Location(l) => json!({
                 "location": {
                     "latitude": l.latitude,
@@ -400,7 +549,7 @@ impl App {
                     "name": l.name,
                     "address": l.address,
                 },
-                "reply_to": reply_to,
+                "reply_to": reply_to.clone(),
             }),
             Kind::Reaction { target, emoji } => {
                 let mut r = self
@@ -409,9 +558,19 @@ impl App {
                 r["emoji"] = emoji.as_str().into();
                 json!({"reaction": r})
             }
+            // Resolved below, once no connection is held: a fetch may take a while.
+            Kind::Media(_) => Value::Null,
         };
         // Nothing below needs this connection; the accepter commits with its own.
         drop(client);
+        let body = match &v.content {
+            Kind::Media(m) => {
+                let mut body = self.resolve_media(&ch, v.kind, m).await?;
+                body["reply_to"] = reply_to;
+                body
+            }
+            _ => body,
+        };
         let id = crate::store::new_id("msg");
         let wa_id = crate::engine::new_message_id();
         let inserted = self
@@ -461,6 +620,84 @@ impl App {
                 })
             }
         }
+    }
+
+    /// The media of a send, ready to store in the message's body: looked up (media_id, kept at least as long as
+    /// the message may wait) or fetched and stored (media_url). Every refusal names its field; a refused fetch
+    /// stores nothing.
+    async fn resolve_media(&self, ch: &ChannelRow, kind: &str, m: &MediaReq) -> ApiResult<Value> {
+        let keep = std::time::Duration::from_secs(self.cfg.message_ttl_secs.saturating_add(3_600));
+        let (stored, field) = match &m.source {
+            MediaSource::Id(id) => {
+                let client = self.pool.get().await?;
+                let s = self
+                    .media
+                    .lookup(&client, &ch.id, id, keep)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "media_id",
+                            "no such media on this channel (unknown, or past its retention)",
+                        )
+                    })?;
+                (s, "media_id")
+            }
+            MediaSource::Url(url) => {
+                let (data, content_type) = self.media.fetch(url, "media_url").await?;
+                if data.is_empty() {
+                    return Err(ApiError::invalid(
+                        "media_url",
+                        "media_url answered an empty body",
+                    ));
+                }
+                let mime = match (
+                    &m.mime_type,
+                    content_type
+                        .as_deref()
+                        .and_then(crate::media::normalize_mime),
+                ) {
+                    (Some(m), _) => m.clone(),
+                    (None, Some(ct)) => ct,
+                    (None, None) => {
+                        return Err(ApiError::invalid(
+                            "mime_type",
+                            "media_url answered without a usable Content-Type: give mime_type",
+                        ));
+                    }
+                };
+                crate::media::check_kind_mime(kind, &mime)
+                    .map_err(|e| ApiError::invalid("media_url", e))?;
+                let s = self
+                    .media
+                    .store(
+                        &ch.customer_id,
+                        &ch.id,
+                        "url",
+                        &mime,
+                        m.filename.as_deref(),
+                        &data,
+                        Some(keep),
+                    )
+                    .await?;
+                (s, "media_url")
+            }
+        };
+        let mime = m
+            .mime_type
+            .clone()
+            .unwrap_or_else(|| stored.mime_type.clone());
+        crate::media::check_kind_mime(kind, &mime).map_err(|e| ApiError::invalid(field, e))?;
+        let filename = m.filename.clone().or_else(|| stored.filename.clone());
+        if kind == "document" && filename.is_none() {
+            return Err(ApiError::invalid(
+                "filename",
+                "document messages need a filename",
+            ));
+        }
+        let mut media = stored.json();
+        media["mime_type"] = mime.into();
+        media["filename"] = filename.into();
+        Ok(json!({"media": media, "caption": m.caption}))
     }
 
     /// What a reply quotes, or a reaction reacts to: one of ours (by our id or its WhatsApp id), or a received
@@ -632,6 +869,21 @@ mod tests {
         assert_eq!(
             field(pb::SendMessageRequest {
                 r#type: "image".into(),
+                ..ok.clone()
+            }),
+            Some("text".into())
+        );
+        assert_eq!(
+            field(pb::SendMessageRequest {
+                r#type: "image".into(),
+                text: String::new(),
+                ..ok.clone()
+            }),
+            Some("media_url".into())
+        );
+        assert_eq!(
+            field(pb::SendMessageRequest {
+                r#type: "location".into(),
                 ..ok.clone()
             }),
             Some("type".into())

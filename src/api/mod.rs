@@ -4,6 +4,7 @@
 pub mod channels;
 pub mod events;
 pub mod keys;
+pub mod media;
 pub mod messages;
 pub mod sandbox;
 pub mod webhooks;
@@ -41,6 +42,7 @@ pub struct App {
     pub webhooks: Arc<crate::webhooks::Settings>,
     /// Group commit of accepted sends (the outbox).
     pub outbox: crate::store::messages::Accepter,
+    pub media: Arc<crate::media::Media>,
     key_cache: Mutex<HashMap<Vec<u8>, (CachedKey, Instant)>>,
 }
 
@@ -62,6 +64,7 @@ impl App {
         node: Arc<Node>,
         metrics: Arc<Metrics>,
         webhooks: Arc<crate::webhooks::Settings>,
+        media: Arc<crate::media::Media>,
     ) -> App {
         let limiter = RateLimiter::new(cfg.rate_limit_burst, cfg.rate_limit_per_sec);
         let outbox =
@@ -78,6 +81,7 @@ impl App {
             open_streams: Arc::new(AtomicUsize::new(0)),
             webhooks,
             outbox,
+            media,
             key_cache: Mutex::new(HashMap::new()),
         }
     }

@@ -49,7 +49,8 @@ impl App {
         let action_id = match &action {
             SandboxAction::Inbound { message_id, .. }
             | SandboxAction::InboundLocation { message_id, .. }
-            | SandboxAction::InboundReaction { message_id, .. } => Some(message_id.clone()),
+            | SandboxAction::InboundReaction { message_id, .. }
+            | SandboxAction::InboundMedia { message_id, .. } => Some(message_id.clone()),
             _ => None,
         };
         let (reply, rx) = oneshot::channel();
@@ -90,6 +91,186 @@ impl App {
     }
 }
 
+/// Whether an inbound request is a media message (handled by `App::sandbox_inbound_media`).
+pub fn is_media(r: &pb::SandboxInboundRequest) -> bool {
+    crate::media::KINDS.contains(&r.r#type.as_str())
+}
+
+fn check_from(from: &str) -> ApiResult<()> {
+    let group = from.strip_suffix("@g.us").is_some_and(|g| {
+        !g.is_empty() && g.len() <= 64 && g.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
+    if !valid_phone(from) && !group {
+        return Err(ApiError::invalid(
+            "from",
+            "from must be E.164 (+15551234567) or a group id (<id>@g.us)",
+        ));
+    }
+    Ok(())
+}
+
+fn new_inbound_id() -> String {
+    // WhatsApp-like id, chosen here so the answer carries it wherever the session runs.
+    format!("3EB0{}", crate::crypto::random_base62(16).to_uppercase())
+}
+
+impl App {
+    /// A media message from the simulated phone's contact: the media is stored (like any inbound media) before
+    /// the action goes to the session, and the event carries its signed URL.
+    pub async fn sandbox_inbound_media(
+        &self,
+        p: &Principal,
+        r: pb::SandboxInboundRequest,
+    ) -> ApiResult<pb::SandboxActionResponse> {
+        use base64::Engine as _;
+        let kind = r.r#type.as_str();
+        check_from(&r.from)?;
+        if !r.text.is_empty() {
+            return Err(ApiError::invalid(
+                "text",
+                format!("text is not used by {kind} messages; use caption"),
+            ));
+        }
+        let caption = match r.caption.as_deref() {
+            None | Some("") => None,
+            Some(c) if c.chars().count() > crate::api::messages::MAX_CAPTION_CHARS => {
+                return Err(ApiError::invalid(
+                    "caption",
+                    "caption is longer than 1024 characters",
+                ));
+            }
+            Some(c) => Some(c.to_string()),
+        };
+        let filename = match r.filename.as_deref() {
+            None => None,
+            Some(f) if crate::media::valid_filename(f) => Some(f.to_string()),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "filename",
+                    "filename must be 1 to 255 characters, without / \\ or control characters",
+                ));
+            }
+        };
+        let mime = match r.mime_type.as_deref() {
+            None => None,
+            Some(m) => Some(crate::media::normalize_mime(m).ok_or_else(|| {
+                ApiError::invalid(
+                    "mime_type",
+                    "mime_type must be type/subtype, e.g. image/jpeg",
+                )
+            })?),
+        };
+        let encoded = match (&r.media_base64, &r.media_url) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "media_base64",
+                    "give media_base64 or media_url, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(ApiError::invalid(
+                    "media_base64",
+                    format!("{kind} messages need media_base64 or media_url"),
+                ));
+            }
+            (Some(b), None) => {
+                if mime.is_none() {
+                    return Err(ApiError::invalid(
+                        "mime_type",
+                        "mime_type is required with media_base64",
+                    ));
+                }
+                Some(b)
+            }
+            (None, Some(_)) => None,
+        };
+        if let Some(m) = &mime {
+            crate::media::check_kind_mime(kind, m)
+                .map_err(|e| ApiError::invalid("mime_type", e))?;
+        }
+        // The channel is checked before anything is stored.
+        let ch = {
+            let client = self.pool.get().await?;
+            crate::store::channels::get_visible(&client, p, &r.id).await?
+        };
+        if ch.engine != "sandbox" {
+            return Err(ApiError::new(
+                Code::NotSandbox,
+                "sandbox actions work on test-mode channels only",
+            ));
+        }
+        if ch.status != Status::Connected {
+            return Err(ApiError::new(
+                Code::InvalidLifecycleTransition,
+                format!(
+                    "the simulated phone can do that only while the channel is connected; it is {}",
+                    ch.status
+                ),
+            )
+            .detail("status", ch.status.as_str()));
+        }
+        let (data, mime) = match (encoded, &r.media_url) {
+            (Some(b), _) => {
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .map_err(|_| ApiError::invalid("media_base64", "media_base64 is not base64"))?;
+                (data, mime.unwrap_or_default())
+            }
+            (None, Some(url)) => {
+                let (data, ct) = self.media.fetch(url, "media_url").await?;
+                let mime = mime
+                    .or_else(|| ct.as_deref().and_then(crate::media::normalize_mime))
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "mime_type",
+                            "media_url answered without a usable Content-Type: give mime_type",
+                        )
+                    })?;
+                crate::media::check_kind_mime(kind, &mime)
+                    .map_err(|e| ApiError::invalid("media_url", e))?;
+                (data, mime)
+            }
+            (None, None) => return Err(ApiError::invalid("media_base64", "no media")),
+        };
+        if data.is_empty() {
+            return Err(ApiError::invalid("media_base64", "the media is empty"));
+        }
+        let stored = self
+            .media
+            .store(
+                &ch.customer_id,
+                &ch.id,
+                "inbound",
+                &mime,
+                filename.as_deref(),
+                &data,
+                None,
+            )
+            .await?;
+        let media = inbound_media_json(&self.media, &stored);
+        let action = SandboxAction::InboundMedia {
+            message_id: new_inbound_id(),
+            from: r.from,
+            kind: kind.to_string(),
+            caption,
+            media,
+        };
+        self.sandbox_action(p, &ch.id, action).await
+    }
+}
+
+/// The `media` object of a `message.received` event.
+pub fn inbound_media_json(m: &crate::media::Media, s: &crate::media::Stored) -> serde_json::Value {
+    serde_json::json!({
+        "url": m.url(&s.id, s.expires_at),
+        "mime_type": s.mime_type,
+        "size": s.size,
+        "sha256": s.sha256,
+        "filename": s.filename,
+        "expires_at": crate::wkt::rfc3339(s.expires_at),
+    })
+}
+
 pub fn scan(r: pb::SandboxScanRequest) -> ApiResult<(String, SandboxAction)> {
     let phone_number = match r.phone_number.as_str() {
         "" => None,
@@ -121,23 +302,31 @@ pub fn drop(r: pb::SandboxDropRequest) -> ApiResult<(String, SandboxAction)> {
 }
 
 pub fn inbound(r: pb::SandboxInboundRequest) -> ApiResult<(String, SandboxAction)> {
-    let group = r.from.strip_suffix("@g.us").is_some_and(|g| {
-        !g.is_empty() && g.len() <= 64 && g.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    });
-    if !valid_phone(&r.from) && !group {
-        return Err(ApiError::invalid(
-            "from",
-            "from must be E.164 (+15551234567) or a group id (<id>@g.us)",
-        ));
+    check_from(&r.from)?;
+    for (field, set) in [
+        ("media_base64", r.media_base64.is_some()),
+        ("media_url", r.media_url.is_some()),
+        ("caption", r.caption.is_some()),
+        ("mime_type", r.mime_type.is_some()),
+        ("filename", r.filename.is_some()),
+    ] {
+        if set {
+            return Err(ApiError::invalid(
+                field,
+                format!("{field} is for media messages (type image, video, ...)"),
+            ));
+        }
     }
-    match r.r#type.as_deref() {
-        None | Some("text") => {}
-        Some("location") => return inbound_location(r),
-        Some("reaction") => return inbound_reaction(r),
-        Some(t) => {
+    match r.r#type.as_str() {
+        "" | "text" => {}
+        "location" => return inbound_location(r),
+        "reaction" => return inbound_reaction(r),
+        t => {
             return Err(ApiError::invalid(
                 "type",
-                format!("unknown inbound type \"{t}\"; try text, location or reaction"),
+                format!(
+                    "unknown inbound type \"{t}\"; try text, image, video, audio, document, sticker, location or reaction"
+                ),
             ));
         }
     }
@@ -153,7 +342,7 @@ pub fn inbound(r: pb::SandboxInboundRequest) -> ApiResult<(String, SandboxAction
     Ok((
         r.id,
         SandboxAction::Inbound {
-            message_id: inbound_id(),
+            message_id: new_inbound_id(),
             from: r.from,
             text: r.text,
         },
@@ -161,10 +350,6 @@ pub fn inbound(r: pb::SandboxInboundRequest) -> ApiResult<(String, SandboxAction
 }
 
 /// WhatsApp-like id, chosen here so the answer carries it wherever the session runs.
-fn inbound_id() -> String {
-    format!("3EB0{}", crate::crypto::random_base62(16).to_uppercase())
-}
-
 fn inbound_location(r: pb::SandboxInboundRequest) -> ApiResult<(String, SandboxAction)> {
     let degrees = |field: &str, v: Option<f64>, max: f64| match v {
         None => Err(ApiError::invalid(field, format!("{field} is required"))),
@@ -188,7 +373,7 @@ fn inbound_location(r: pb::SandboxInboundRequest) -> ApiResult<(String, SandboxA
     Ok((
         r.id,
         SandboxAction::InboundLocation {
-            message_id: inbound_id(),
+            message_id: new_inbound_id(),
             from: r.from,
             latitude,
             longitude,
@@ -217,7 +402,7 @@ fn inbound_reaction(r: pb::SandboxInboundRequest) -> ApiResult<(String, SandboxA
     Ok((
         r.id,
         SandboxAction::InboundReaction {
-            message_id: inbound_id(),
+            message_id: new_inbound_id(),
             from: r.from,
             target,
             emoji,
@@ -284,6 +469,12 @@ impl pb::sandbox_service_server::SandboxService for SandboxGrpc {
         &self,
         r: Request<pb::SandboxInboundRequest>,
     ) -> Result<Response<pb::SandboxActionResponse>, GrpcStatus> {
+        if is_media(r.get_ref()) {
+            let p = self.0.authenticate_grpc(&r).await?;
+            return Ok(Response::new(
+                self.0.sandbox_inbound_media(&p, r.into_inner()).await?,
+            ));
+        }
         self.run(r, inbound).await
     }
     async fn receipt(

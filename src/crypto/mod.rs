@@ -21,6 +21,7 @@ struct KeyEntry {
     kid: String,
     cipher: Aes256Gcm,
     api_key_hmac: [u8; 32],
+    media_url_hmac: [u8; 32],
 }
 
 impl KeyEntry {
@@ -28,11 +29,13 @@ impl KeyEntry {
         // Separate sub-keys per purpose, so no two uses ever share a key.
         let seal_key = derive(master, b"whatisup/v1/seal");
         let api_key_hmac = derive(master, b"whatisup/v1/api-key-hash");
+        let media_url_hmac = derive(master, b"whatisup/v1/media-url");
         let kid = hex::encode(&Sha256::digest(derive(master, b"whatisup/v1/kid"))[..8]);
         KeyEntry {
             kid,
             cipher: Aes256Gcm::new(&seal_key.into()),
             api_key_hmac,
+            media_url_hmac,
         }
     }
 }
@@ -159,6 +162,23 @@ impl MasterKeys {
             self.current.kid.clone(),
             hmac(&self.current.api_key_hmac, secret),
         )
+    }
+
+    /// The signature of a media download token's payload, with the current master key.
+    pub fn sign_media(&self, payload: &str) -> Vec<u8> {
+        hmac(&self.current.media_url_hmac, payload)
+    }
+
+    /// Whether `sig` signs `payload` under the current or a previous master key (constant time).
+    pub fn verify_media(&self, payload: &str, sig: &[u8]) -> bool {
+        std::iter::once(&self.current)
+            .chain(self.previous.iter())
+            .any(|e| {
+                let mut mac = <HmacSha256 as Mac>::new_from_slice(&e.media_url_hmac)
+                    .expect("HMAC takes any key length");
+                mac.update(payload.as_bytes());
+                mac.verify_slice(sig).is_ok()
+            })
     }
 
     /// The hashes a presented key may be stored under (current and previous master keys).

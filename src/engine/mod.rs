@@ -201,6 +201,16 @@ pub enum SandboxAction {
         target: String,
         emoji: String,
     },
+    /// A media message arrives. The bytes are stored already (the API stored them before the action, as the
+    /// action may travel to another node through NOTIFY); `media` is the event's `media` object (signed URL, ...).
+    InboundMedia {
+        message_id: String,
+        from: String,
+        /// image | video | audio | document | sticker
+        kind: String,
+        caption: Option<String>,
+        media: Value,
+    },
 }
 
 #[async_trait]
@@ -239,6 +249,62 @@ pub enum Content<'a> {
         address: Option<&'a str>,
     },
     Reaction(Reaction<'a>),
+    /// image, video, audio, document, sticker: the bytes as stored (the engine encrypts and uploads them).
+    Media(MediaContent<'a>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaKind {
+    Image,
+    Video,
+    Audio,
+    Document,
+    Sticker,
+}
+
+impl MediaKind {
+    pub fn parse(s: &str) -> Option<MediaKind> {
+        Some(match s {
+            "image" => MediaKind::Image,
+            "video" => MediaKind::Video,
+            "audio" => MediaKind::Audio,
+            "document" => MediaKind::Document,
+            "sticker" => MediaKind::Sticker,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image",
+            MediaKind::Video => "video",
+            MediaKind::Audio => "audio",
+            MediaKind::Document => "document",
+            MediaKind::Sticker => "sticker",
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub struct MediaContent<'a> {
+    pub kind: MediaKind,
+    pub mime_type: &'a str,
+    pub data: &'a [u8],
+    /// image, video, document.
+    pub caption: Option<&'a str>,
+    /// document.
+    pub filename: Option<&'a str>,
+}
+
+/// Not the bytes (up to the media cap) in a debug line.
+impl std::fmt::Debug for MediaContent<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaContent")
+            .field("kind", &self.kind)
+            .field("mime_type", &self.mime_type)
+            .field("len", &self.data.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A reaction names the message it reacts to by its WhatsApp key.

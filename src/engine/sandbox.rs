@@ -186,6 +186,21 @@ impl EngineSession for SandboxSession {
                     "emoji": r.emoji,
                 },
             }),
+            // The simulated server records what it received: the bytes' size and hash, not the bytes.
+            super::Content::Media(md) => {
+                use sha2::Digest;
+                serde_json::json!({
+                    "type": md.kind.as_str(),
+                    "caption": md.caption,
+                    "reply_to": reply_to,
+                    "media": {
+                        "mime_type": md.mime_type,
+                        "size": md.data.len(),
+                        "sha256": hex::encode(sha2::Sha256::digest(md.data)),
+                        "filename": md.filename,
+                    },
+                })
+            }
         };
         client
             .execute(
@@ -487,6 +502,19 @@ impl Phone {
                 } => {
                     let body = super::reaction_body(&target, &emoji);
                     return self.deliver(message_id, from, body, reply).await;
+                }
+                SandboxAction::InboundMedia {
+                    message_id,
+                    from,
+                    kind,
+                    caption,
+                    media,
+                } => {
+                    let body =
+                        serde_json::json!({"type": kind, "media": media, "caption": caption});
+                    if !self.deliver(message_id, from, body, reply).await {
+                        return false;
+                    }
                 }
                 SandboxAction::Receipt { message_id, status } => {
                     let ok = self

@@ -62,7 +62,13 @@ async fn run(app: Arc<App>, req: Request, next: Next) -> ApiResult<Response> {
         .map(|v| v.to_str().unwrap_or(""));
     let p = app.authenticate(auth).await?;
     parts.extensions.insert(Authed(p.clone()));
-    let bytes = super::read_body(body, app.cfg.max_body_bytes).await?;
+    // A media upload's body is the media: its own cap.
+    let limit = if parts.uri.path().ends_with("/media") {
+        app.media.max_bytes
+    } else {
+        app.cfg.max_body_bytes
+    };
+    let bytes = super::read_body(body, limit).await?;
     let mut h = Sha256::new();
     h.update(parts.method.as_str().as_bytes());
     h.update(b"\n");

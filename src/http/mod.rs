@@ -71,7 +71,7 @@ fn route_label(path: &str) -> String {
     }
     path.split('/')
         .map(|seg| {
-            if ["ch_", "key_", "evt_", "msg_", "we_", "dlv_"]
+            if ["ch_", "key_", "evt_", "msg_", "we_", "dlv_", "med_"]
                 .iter()
                 .any(|p| seg.starts_with(p))
             {
@@ -263,6 +263,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/channels/{id}/sandbox/outbound", get(sandbox_outbound))
         .route("/v1/channels/{id}/messages", post(send_message))
         .route("/v1/channels/{id}/messages/{message_id}", get(get_message))
+        .route("/v1/channels/{id}/media", post(upload_media))
+        .route("/v1/media/{token}", get(get_media))
         .route("/v1/events", get(events))
         .route("/v1/api-keys", post(create_key).get(list_keys))
         .route("/v1/api-keys/{id}", axum::routing::delete(delete_key))
@@ -352,6 +354,111 @@ async fn get_message(
     Ok(Json(v))
 }
 
+/// The raw body is the media, its Content-Type the media type (`?filename=` optional). Read as it streams in, and
+/// never more than the cap.
+async fn upload_media(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    q: Q,
+    req: Request,
+) -> ApiResult<(StatusCode, Out)> {
+    let q = query(q)?;
+    let ch = app.media_channel(&p, &id).await?;
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or("?"))
+        .unwrap_or("");
+    if content_type.starts_with("multipart/") {
+        return Err(ApiError::invalid(
+            "mime_type",
+            "send the raw bytes as the body with their own Content-Type (e.g. image/jpeg); multipart is not accepted",
+        ));
+    }
+    let (mime, filename) =
+        crate::api::media::check_upload(content_type, q.get("filename").map(String::as_str))?;
+    let max = app.media.max_bytes;
+    let too_large = || {
+        ApiError::new(
+            Code::PayloadTooLarge,
+            format!("the media is larger than {max} bytes (WHATISUP_MEDIA_MAX_BYTES)"),
+        )
+        .detail("max_bytes", max as u64)
+    };
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let data = read_body(req.into_body(), max).await.map_err(|e| {
+        if e.code == Code::PayloadTooLarge {
+            too_large()
+        } else {
+            e
+        }
+    })?;
+    let r = app
+        .upload_media(&ch, &mime, filename.as_deref(), &data)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(with_nulls(to_value(&r), &["filename"])),
+    ))
+}
+
+/// A signed media link: no API key (the token is the credential).
+async fn get_media(State(app): State<Arc<App>>, Path(token): Path<String>) -> ApiResult<Response> {
+    let (mime, filename, data) = app.media.open(&token).await?;
+    // Shown inline only where a browser cannot run it; anything else downloads.
+    let inline = ["image/", "video/", "audio/"]
+        .iter()
+        .any(|p| mime.starts_with(p))
+        && mime != "image/svg+xml";
+    let name: String = filename
+        .as_deref()
+        .unwrap_or("media")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let disposition = format!(
+        "{}; filename=\"{name}\"",
+        if inline { "inline" } else { "attachment" }
+    );
+    let mut resp = (StatusCode::OK, data).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        "content-type",
+        HeaderValue::from_str(&mime)
+            .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream")),
+    );
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        h.insert("content-disposition", v);
+    }
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static("sandbox; default-src 'none'"),
+    );
+    h.insert(
+        "cache-control",
+        HeaderValue::from_static("private, max-age=3600"),
+    );
+    Ok(resp)
+}
+
 /// Test mode: what the simulated WhatsApp server accepted from this channel (each WhatsApp id once, with the
 /// number of repeats it dropped).
 async fn sandbox_outbound(
@@ -383,13 +490,19 @@ async fn sandbox_outbound(
                 "text": r.get::<_, Option<String>>(2),
                 "duplicates": r.get::<_, i32>(3),
                 "accepted_at": crate::wkt::rfc3339(r.get(4)),
+                "type": "text",
             });
-            // Kinds other than text show their type and their own object (location, reaction).
+            // Every kind shows its type; the others also their own object (location, reaction, media and its
+            // caption).
             let body: serde_json::Value = r.get(5);
             if let Some(kind) = body["type"].as_str().filter(|k| *k != "text") {
                 v["type"] = kind.into();
-                v[kind] = body[kind].clone();
+                if let Some(own) = body.get(kind) {
+                    v[kind] = own.clone();
+                }
             }
+            v["caption"] = body["caption"].clone();
+            v["media"] = body["media"].clone();
             v
         })
         .collect();
@@ -518,7 +631,19 @@ async fn sandbox(
             parse_json::<pb::SandboxBanRequest>(bytes)?;
             SandboxAction::Ban
         }),
-        "inbound" => sb::inbound(parse_json(bytes)?)?,
+        "inbound" => {
+            let r: pb::SandboxInboundRequest = parse_json(bytes)?;
+            if sb::is_media(&r) {
+                let mut r = r;
+                r.id = id.clone();
+                let r = app.sandbox_inbound_media(&p, r).await?;
+                return Ok(Json(serde_json::json!({
+                    "channel": r.channel.as_ref().map(channel_json),
+                    "message_id": r.message_id,
+                })));
+            }
+            sb::inbound(r)?
+        }
         "receipt" => sb::receipt(parse_json(bytes)?)?,
         other => {
             return Err(ApiError::new(

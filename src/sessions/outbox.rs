@@ -10,7 +10,9 @@
 //! session holds no sender task.
 
 use super::Node;
-use crate::engine::{Content, EngineError, EngineSession, Outgoing, Quoted, Reaction};
+use crate::engine::{
+    Content, EngineError, EngineSession, MediaContent, MediaKind, Outgoing, Quoted, Reaction,
+};
 use crate::events::{Fence, MessageChange, MessageWrite, Op, OpOutcome};
 use crate::store::messages::{self, MessageRow};
 use crate::wkt::rfc3339;
@@ -289,7 +291,31 @@ impl Drain {
         tokio::spawn(async move { journal.submit(op).await })
     }
 
+    /// The bytes of a media message, from the media table (any node can send them).
+    async fn media_bytes(&self, row: &MessageRow) -> Result<Vec<u8>, EngineError> {
+        let id = row.body["media"]["id"].as_str().unwrap_or_default();
+        let client = self
+            .node
+            .pool
+            .get()
+            .await
+            .map_err(|e| EngineError::Network(format!("database: {e}")))?;
+        match crate::media::load(&client, id).await {
+            Ok(Some(data)) => Ok(data),
+            // Kept as long as the message may wait; gone means deleted by hand: it can never go out.
+            Ok(None) => Err(EngineError::Other(format!(
+                "the media {id} is no longer stored"
+            ))),
+            Err(e) => Err(EngineError::Network(format!("database: {e}"))),
+        }
+    }
+
     async fn send(&self, row: &MessageRow) -> Result<(), EngineError> {
+        // Media bytes live in their own table; loaded only for the send.
+        let media = match MediaKind::parse(&row.kind) {
+            Some(kind) => Some((kind, self.media_bytes(row).await?)),
+            None => None,
+        };
         let reply_to = row.body["reply_to"]["whatsapp_id"]
             .as_str()
             .map(|id| Quoted {
@@ -299,7 +325,7 @@ impl Drain {
         let m = Outgoing {
             to: &row.to,
             message_id: &row.wa_id,
-            content: content(row)?,
+            content: content(row, media.as_ref().map(|(k, d)| (*k, d.as_slice())))?,
             reply_to,
         };
         match tokio::time::timeout(self.node.cfg.send_timeout(), self.session.send(&m)).await {
@@ -310,7 +336,10 @@ impl Drain {
 }
 
 /// The content of a stored message, by its type and body (as the API stored them).
-fn content(row: &MessageRow) -> Result<Content<'_>, EngineError> {
+fn content<'a>(
+    row: &'a MessageRow,
+    media: Option<(MediaKind, &'a [u8])>,
+) -> Result<Content<'a>, EngineError> {
     let b = &row.body;
     let bad = || EngineError::InvalidState(format!("malformed stored {} message", row.kind));
     Ok(match row.kind.as_str() {
@@ -333,6 +362,18 @@ fn content(row: &MessageRow) -> Result<Content<'_>, EngineError> {
                 from_me: participant.is_none(),
                 participant,
                 emoji: r["emoji"].as_str().unwrap_or_default(),
+            })
+        }
+        _ if media.is_some() => {
+            let (kind, data) = media.ok_or_else(bad)?;
+            Content::Media(MediaContent {
+                kind,
+                mime_type: b["media"]["mime_type"]
+                    .as_str()
+                    .unwrap_or("application/octet-stream"),
+                data,
+                caption: b["caption"].as_str(),
+                filename: b["media"]["filename"].as_str(),
             })
         }
         // The API stores only types it validated; a row of another type comes from a newer gateway version.

@@ -43,6 +43,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "messages",
         include_str!("../../migrations/0006_messages.sql"),
     ),
+    (7, "media", include_str!("../../migrations/0007_media.sql")),
     (
         8,
         "reactions_cleanup",

@@ -63,6 +63,8 @@ impl Cidr {
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
     allow: Vec<Cidr>,
+    /// The setting named in refusals (None: the webhook one).
+    setting: Option<&'static str>,
 }
 
 /// The address is IPv4 in disguise (mapped `::ffff:a.b.c.d`, or NAT64 `64:ff9b::a.b.c.d`): check the IPv4.
@@ -138,7 +140,16 @@ fn refused_kind(ip: IpAddr) -> Option<&'static str> {
 
 impl Guard {
     pub fn new(allow: Vec<Cidr>) -> Guard {
-        Guard { allow }
+        Guard {
+            allow,
+            setting: None,
+        }
+    }
+
+    /// Names `setting` (e.g. WHATISUP_MEDIA_ALLOW_CIDRS) in refusals.
+    pub fn for_setting(mut self, setting: &'static str) -> Guard {
+        self.setting = Some(setting);
+        self
     }
 
     /// Ok when requests may go to `ip`; otherwise why not.
@@ -154,7 +165,8 @@ impl Guard {
         match refused_kind(real) {
             None => Ok(()),
             Some(kind) => Err(format!(
-                "{ip} is a {kind} address (allow it with WHATISUP_WEBHOOK_ALLOW_CIDRS)"
+                "{ip} is a {kind} address (allow it with {})",
+                self.setting.unwrap_or("WHATISUP_WEBHOOK_ALLOW_CIDRS")
             )),
         }
     }

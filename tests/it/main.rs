@@ -8,6 +8,7 @@ mod grpc;
 mod input;
 mod journal;
 mod lifecycle;
+mod media;
 mod messages;
 mod restart;
 mod util;

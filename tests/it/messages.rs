@@ -85,7 +85,7 @@ async fn malformed_and_refused_sends_store_nothing() {
         (json!({"type": "text", "text": "hi"}), "to"),
         (json!({"to": "hello", "type": "text", "text": "hi"}), "to"),
         (json!({"to": to, "text": "hi"}), "type"),
-        (json!({"to": to, "type": "image", "text": "hi"}), "type"),
+        (json!({"to": to, "type": "image", "text": "hi"}), "text"),
         (json!({"to": to, "type": "poll", "text": "hi"}), "type"),
         (json!({"to": to, "type": "text"}), "text"),
         (

@@ -584,7 +584,7 @@ async fn locations_and_reactions_both_ways() {
     .await;
     let loc_wa = loc["whatsapp_id"].as_str().expect("wa").to_string();
     let o = outbound_of(&fake, phone, &loc_wa).await;
-    assert_eq!(o.kind.as_deref(), Some("location"), "{o:?}");
+    assert_eq!(o.r#type, "location", "{o:?}");
     assert_eq!(o.to, d(contact));
     assert_eq!(
         o.location,
@@ -609,7 +609,7 @@ async fn locations_and_reactions_both_ways() {
     )
     .await;
     let o = outbound_of(&fake, phone, r1["whatsapp_id"].as_str().expect("wa")).await;
-    assert_eq!(o.kind.as_deref(), Some("reaction"), "{o:?}");
+    assert_eq!(o.r#type, "reaction", "{o:?}");
     let r = o.reaction.expect("reaction");
     assert_eq!(r["message_id"], loc_wa.as_str(), "{r}");
     assert_eq!(r["from_me"], true);
@@ -770,5 +770,73 @@ async fn reaction_crash_between_commit_and_ack_commits_once() {
     assert_eq!(committed[0]["emoji"], "🎉");
     assert_eq!(committed[0]["message_id"], "3EB0AAAAAAAAAAAAAAAAAA");
     let _ = b.terminate().await;
+    db.drop_db().await;
+}
+
+/// An image sent through the API: uploaded (encrypted) to the fake media host, and the contact decrypts exactly
+/// the bytes given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_image_reaches_the_contact_byte_exact() {
+    use sha2::Digest;
+    let db = TestDb::new();
+    let fake = fake().await;
+    let mut cfg = wa_config(&db, &fake);
+    cfg.send_rate_per_sec = 0.0;
+    let gw = Gw::start(cfg).await;
+    let keys = gw.customer("acme").await;
+    let api = Api::new(&gw.base, &keys.live);
+    let phone = "+15550004101";
+    let id = pair(&api, &fake, phone).await;
+
+    let bytes: Vec<u8> = (0..50_000u32)
+        .map(|i| (i.wrapping_mul(7919) >> 3) as u8)
+        .collect();
+    let up: Value = api
+        .http
+        .post(format!("{}/v1/channels/{id}/media", gw.base))
+        .bearer_auth(&keys.live)
+        .header("content-type", "image/jpeg")
+        .body(bytes.clone())
+        .send()
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("json");
+    let media_id = up["media_id"].as_str().expect("media_id");
+    let (s, r) = api
+        .post(
+            &format!("/v1/channels/{id}/messages"),
+            json!({"to": "+15557650101", "type": "image", "media_id": media_id, "caption": "a picture"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{r}");
+    let mid = r["message_id"].as_str().expect("message_id").to_string();
+    let deadline = tokio::time::Instant::now() + T;
+    let out = loop {
+        let out = fake.outbound(d(phone)).await.expect("outbound");
+        if !out.is_empty() {
+            break out;
+        }
+        let (_, m) = api.get(&format!("/v1/channels/{id}/messages/{mid}")).await;
+        assert_ne!(m["status"], "failed", "{m}");
+        assert!(tokio::time::Instant::now() < deadline, "not delivered: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(out.len(), 1, "{out:?}");
+    let o = &out[0];
+    assert_eq!(
+        (o.to.as_str(), o.r#type.as_str(), o.text.as_str()),
+        ("15557650101", "image", "a picture")
+    );
+    let media = o.media.as_ref().expect("media");
+    assert_eq!(media.sha256, hex::encode(sha2::Sha256::digest(&bytes)));
+    assert_eq!(
+        (media.size, media.mime_type.as_str()),
+        (50_000, "image/jpeg")
+    );
+    let (_, m) = api.get(&format!("/v1/channels/{id}/messages/{mid}")).await;
+    assert_eq!(o.message_id, m["whatsapp_id"].as_str().unwrap_or_default());
+    gw.stop().await;
     db.drop_db().await;
 }

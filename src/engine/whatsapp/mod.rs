@@ -288,6 +288,19 @@ impl EngineSession for WaSession {
                     Utc::now().timestamp_millis(),
                 )
             }
+            super::Content::Media(md) => {
+                // Encrypted with a fresh media key and uploaded to the media host media_conn names; the
+                // message carries the key and the hashes.
+                let uploaded = client
+                    .upload(
+                        md.data.to_vec(),
+                        media::media_type(md.kind),
+                        whatsapp_rust::UploadOptions::default(),
+                    )
+                    .await
+                    .map_err(|e| EngineError::Network(format!("media upload failed: {e}")))?;
+                media::message(&md, uploaded, context)
+            }
         };
         let options = SendOptions::default().with_message_id(m.message_id);
         client
@@ -808,6 +821,91 @@ fn body_of(message: &whatsapp_rust::prelude::wa::Message) -> Option<serde_json::
     Some(json!({"type": "unsupported"}))
 }
 
+mod media {
+    //! Our media kinds as WhatsApp's media messages.
+    use super::super::{MediaContent, MediaKind};
+    use whatsapp_rust::download::MediaType;
+    use whatsapp_rust::prelude::{MessageField, wa};
+    use whatsapp_rust::upload::UploadResponse;
+
+    pub fn media_type(kind: MediaKind) -> MediaType {
+        match kind {
+            MediaKind::Image => MediaType::Image,
+            MediaKind::Video => MediaType::Video,
+            MediaKind::Audio => MediaType::Audio,
+            MediaKind::Document => MediaType::Document,
+            MediaKind::Sticker => MediaType::Sticker,
+        }
+    }
+
+    pub fn message(
+        md: &MediaContent<'_>,
+        up: UploadResponse,
+        context: Option<wa::ContextInfo>,
+    ) -> wa::Message {
+        let context = context.map(MessageField::some).unwrap_or_default();
+        // The fields every media message shares.
+        macro_rules! media {
+            ($m:ident, $t:ty { $($extra:tt)* }) => {
+                <$t>::default_with(|$m: &mut $t| {
+                    let m = &mut *$m;
+                    m.url = Some(up.url.clone());
+                    m.direct_path = Some(up.direct_path.clone());
+                    m.mimetype = Some(md.mime_type.to_string());
+                    m.media_key = Some(up.media_key.to_vec());
+                    m.file_sha256 = Some(up.file_sha256.to_vec());
+                    m.file_enc_sha256 = Some(up.file_enc_sha256.to_vec());
+                    m.file_length = Some(up.file_length);
+                    m.media_key_timestamp = Some(up.media_key_timestamp);
+                    m.context_info = context.clone();
+                    $($extra)*
+                })
+            };
+        }
+        let caption = md.caption.map(str::to_string);
+        match md.kind {
+            MediaKind::Image => wa::Message {
+                image_message: MessageField::some(media!(m, wa::message::ImageMessage {
+                    m.caption = caption.clone();
+                })),
+                ..Default::default()
+            },
+            MediaKind::Video => wa::Message {
+                video_message: MessageField::some(media!(m, wa::message::VideoMessage {
+                    m.caption = caption.clone();
+                })),
+                ..Default::default()
+            },
+            MediaKind::Audio => wa::Message {
+                audio_message: MessageField::some(media!(m, wa::message::AudioMessage {})),
+                ..Default::default()
+            },
+            MediaKind::Document => wa::Message {
+                document_message: MessageField::some(media!(m, wa::message::DocumentMessage {
+                    m.caption = caption.clone();
+                    m.file_name = md.filename.map(str::to_string);
+                    m.title = md.filename.map(str::to_string);
+                })),
+                ..Default::default()
+            },
+            MediaKind::Sticker => wa::Message {
+                sticker_message: MessageField::some(media!(m, wa::message::StickerMessage {})),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// `T::default()` changed by `f` (the generated structs are non-exhaustive).
+    trait DefaultWith: Default {
+        fn default_with(f: impl FnOnce(&mut Self)) -> Self {
+            let mut v = Self::default();
+            f(&mut v);
+            v
+        }
+    }
+    impl<T: Default> DefaultWith for T {}
+}
+
 mod http {
     //! The crate's HTTP needs (media, version lookup) on reqwest, with timeouts.
     use std::time::Duration;
@@ -840,7 +938,21 @@ mod http {
             request: HttpRequest,
         ) -> whatsapp_rust::anyhow::Result<HttpResponse> {
             let method = reqwest::Method::from_bytes(request.method.as_bytes())?;
-            let mut req = self.client.request(method, &request.url);
+            // Test builds: the fake server announces a loopback media host and serves plain HTTP.
+            #[cfg(feature = "fake-whatsapp")]
+            let url = match request.url.strip_prefix("https://") {
+                Some(rest)
+                    if rest.starts_with("127.0.0.1:")
+                        || rest.starts_with("localhost:")
+                        || rest.starts_with("[::1]:") =>
+                {
+                    format!("http://{rest}")
+                }
+                _ => request.url.clone(),
+            };
+            #[cfg(not(feature = "fake-whatsapp"))]
+            let url = request.url.clone();
+            let mut req = self.client.request(method, &url);
             for (k, v) in &request.headers {
                 req = req.header(k, v);
             }

@@ -734,6 +734,9 @@ impl Session<'_> {
                     }
                 })
             }
+            ("w:m", _) if node.get_optional_child("media_conn").is_some() => {
+                iq::media_conn(&id, &self.shared.media_host())
+            }
             (other, _) => iq::simple(&id, other, node),
         };
         self.send(&answer).await?;
@@ -882,9 +885,29 @@ impl Session<'_> {
             }
             .await;
             match decrypted {
-                Ok(message) => match Outbound::of(contact, id.clone(), &message) {
-                    Some(out) => self.shared.record_outbound(&phone, out),
-                    None => tracing::debug!(conn = self.me.id, %id, "unread message kind ignored"),
+                Ok(message) => match self.shared.open_media(&message) {
+                    Some(Ok((kind, caption, media))) => self.shared.record_outbound(
+                        &phone,
+                        Outbound {
+                            to: contact,
+                            text: caption.unwrap_or_default(),
+                            message_id: id.clone(),
+                            r#type: kind.to_string(),
+                            media: Some(media),
+                            location: None,
+                            reaction: None,
+                            reply_to: None,
+                        },
+                    ),
+                    Some(Err(e)) => {
+                        tracing::warn!(conn = self.me.id, %id, "cannot open the media: {e:#}")
+                    }
+                    None => match Outbound::of(contact, id.clone(), &message) {
+                        Some(out) => self.shared.record_outbound(&phone, out),
+                        None => {
+                            tracing::debug!(conn = self.me.id, %id, "unread message kind ignored")
+                        }
+                    },
                 },
                 Err(e) => {
                     tracing::warn!(conn = self.me.id, %id, %contact, "cannot decrypt: {e:#}")

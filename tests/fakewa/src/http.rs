@@ -34,7 +34,37 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/control/devices/{phone}/inbound/{id}", get(inbound_status))
         .route("/control/devices/{phone}/receipt", post(receipt))
         .route("/control/devices/{phone}/outbound", get(outbound))
+        // The media host (announced in media_conn): encrypted uploads and their downloads.
+        .route(
+            "/mms/{kind}/{token}",
+            post(media_upload).layer(axum::extract::DefaultBodyLimit::max(MAX_MEDIA)),
+        )
+        .route("/v/t62.fake/{kind}/{id}", get(media_download))
         .with_state(shared)
+}
+
+/// Largest encrypted upload the fake media host takes.
+const MAX_MEDIA: usize = 64 * 1024 * 1024;
+
+/// `POST /mms/{kind}/{token}?auth=…`: keeps the encrypted blob, answers its URL and direct path.
+async fn media_upload(
+    State(s): State<Arc<Shared>>,
+    Path((kind, _token)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let path = s.store_media(&kind, body.to_vec());
+    let url = format!("https://{}{path}", s.media_host());
+    Json(json!({"url": url, "direct_path": path})).into_response()
+}
+
+async fn media_download(
+    State(s): State<Arc<Shared>>,
+    Path((kind, id)): Path<(String, String)>,
+) -> Response {
+    match s.media_blob(&format!("/v/t62.fake/{kind}/{id}")) {
+        Some(blob) => blob.into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 /// The WebSocket upgrade, by hand (see `wire`): answer 101 and hand the upgraded connection to a

@@ -387,6 +387,23 @@ pub(crate) fn simple(id: &str, xmlns: &str, iq: &Node) -> Node {
     }
 }
 
+/// `<iq xmlns=w:m><media_conn/>`: one media host, this server (plain HTTP behind an https URL; the gateway's
+/// test build rewrites loopback https to http).
+pub(crate) fn media_conn(id: &str, host: &str) -> Node {
+    result(id)
+        .children([NodeBuilder::new("media_conn")
+            .attr("auth", "fakewa-media-auth")
+            .attr("ttl", "3600")
+            .attr("auth_ttl", "3600")
+            .attr("max_buckets", "12")
+            .children([NodeBuilder::new("host")
+                .attr("hostname", host)
+                .attr("type", "primary")
+                .build()])
+            .build()])
+        .build()
+}
+
 /// The server's clock, for `t` attributes.
 pub(crate) fn now() -> String {
     now_secs().to_string()

@@ -136,11 +136,15 @@ pub(crate) fn heap_bytes() -> Option<u64> {
 pub struct Outbound {
     /// The contact's phone number.
     pub to: String,
+    /// The text, or a media message's caption (empty when it has none).
     pub text: String,
     pub message_id: String,
-    /// `"location"` or `"reaction"`; absent for a text.
-    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    /// text | image | video | audio | document | sticker | location | reaction
+    #[serde(default = "text_kind")]
+    pub r#type: String,
+    /// Media: what the contact downloaded from the fake media host and decrypted with the message's key.
+    #[serde(default)]
+    pub media: Option<OutboundMedia>,
     /// `{"latitude","longitude","name","address"}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<serde_json::Value>,
@@ -165,7 +169,8 @@ impl Outbound {
             to,
             text: String::new(),
             message_id,
-            kind: None,
+            r#type: text_kind(),
+            media: None,
             location: None,
             reaction: None,
             reply_to: None,
@@ -178,7 +183,7 @@ impl Outbound {
                 .and_then(|e| e.context_info.as_option())
                 .and_then(|c| c.stanza_id.clone());
         } else if let Some(l) = base.location_message.as_option() {
-            out.kind = Some("location".into());
+            out.r#type = "location".into();
             out.location = Some(serde_json::json!({
                 "latitude": l.degrees_latitude,
                 "longitude": l.degrees_longitude,
@@ -188,7 +193,7 @@ impl Outbound {
             out.reply_to = l.context_info.as_option().and_then(|c| c.stanza_id.clone());
         } else if let Some(r) = base.reaction_message.as_option() {
             let key = r.key.as_option();
-            out.kind = Some("reaction".into());
+            out.r#type = "reaction".into();
             out.reaction = Some(serde_json::json!({
                 "message_id": key.and_then(|k| k.id.clone()),
                 "from_me": key.and_then(|k| k.from_me),
@@ -201,6 +206,19 @@ impl Outbound {
         }
         Some(out)
     }
+}
+
+fn text_kind() -> String {
+    "text".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundMedia {
+    /// Hex SHA-256 of the decrypted bytes.
+    pub sha256: String,
+    pub size: u64,
+    pub mime_type: String,
+    pub filename: Option<String>,
 }
 
 /// A message injected with [`FakeWa::inbound`] and whether the client has acknowledged it.
@@ -283,6 +301,8 @@ impl FakeWa {
     pub async fn start(listener: TcpListener) -> anyhow::Result<FakeWa> {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new()?);
+        // Media URLs are https://<this address>/...; the gateway's test build fetches them over plain HTTP.
+        shared.set_media_host(addr.to_string());
         let app = http::router(shared.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -219,7 +219,14 @@ pub(crate) struct Shared {
     shutdown: watch::Sender<bool>,
     open_connections: AtomicU64,
     handshakes: [AtomicU64; 3],
+    /// The media host announced in media_conn (this server's address).
+    media_host: std::sync::OnceLock<String>,
+    /// Uploaded (encrypted) media by direct path, oldest first; bounded.
+    media: Mutex<VecDeque<(String, Vec<u8>)>>,
 }
+
+/// Most media blobs kept (the oldest go first).
+const MEDIA_CAPACITY: usize = 64;
 
 /// What a login attempt gets.
 pub(crate) enum Login {
@@ -252,7 +259,121 @@ impl Shared {
             shutdown: watch::channel(false).0,
             open_connections: AtomicU64::new(0),
             handshakes: Default::default(),
+            media_host: std::sync::OnceLock::new(),
+            media: Mutex::new(VecDeque::new()),
         })
+    }
+
+    pub(crate) fn set_media_host(&self, host: String) {
+        let _ = self.media_host.set(host);
+    }
+
+    pub(crate) fn media_host(&self) -> String {
+        self.media_host.get().cloned().unwrap_or_default()
+    }
+
+    /// Keeps an uploaded blob under a new direct path, which it returns.
+    pub(crate) fn store_media(&self, kind: &str, blob: Vec<u8>) -> String {
+        let path = format!("/v/t62.fake/{kind}/{}", self.new_id("M"));
+        let mut media = self.media.lock().unwrap_or_else(|e| e.into_inner());
+        if media.len() >= MEDIA_CAPACITY {
+            media.pop_front();
+        }
+        media.push_back((path.clone(), blob));
+        path
+    }
+
+    /// A media message as its recipient sees it: (kind, caption, what the bytes decrypt to). None when the
+    /// message carries no media.
+    pub(crate) fn open_media(
+        &self,
+        m: &wa::Message,
+    ) -> Option<anyhow::Result<(&'static str, Option<String>, crate::OutboundMedia)>> {
+        use whatsapp_rust::wacore::download::{DownloadUtils, MediaType};
+        let (kind, media_type, path, key, mime, caption, filename) =
+            if let Some(i) = m.image_message.as_option() {
+                (
+                    "image",
+                    MediaType::Image,
+                    &i.direct_path,
+                    &i.media_key,
+                    &i.mimetype,
+                    i.caption.clone(),
+                    None,
+                )
+            } else if let Some(v) = m.video_message.as_option() {
+                (
+                    "video",
+                    MediaType::Video,
+                    &v.direct_path,
+                    &v.media_key,
+                    &v.mimetype,
+                    v.caption.clone(),
+                    None,
+                )
+            } else if let Some(a) = m.audio_message.as_option() {
+                (
+                    "audio",
+                    MediaType::Audio,
+                    &a.direct_path,
+                    &a.media_key,
+                    &a.mimetype,
+                    None,
+                    None,
+                )
+            } else if let Some(d) = m.document_message.as_option() {
+                (
+                    "document",
+                    MediaType::Document,
+                    &d.direct_path,
+                    &d.media_key,
+                    &d.mimetype,
+                    d.caption.clone(),
+                    d.file_name.clone(),
+                )
+            } else if let Some(st) = m.sticker_message.as_option() {
+                (
+                    "sticker",
+                    MediaType::Sticker,
+                    &st.direct_path,
+                    &st.media_key,
+                    &st.mimetype,
+                    None,
+                    None,
+                )
+            } else {
+                return None;
+            };
+        let opened = (|| {
+            let path = path
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("no direct_path"))?;
+            let key = key
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("no media_key"))?;
+            let blob = self
+                .media_blob(path)
+                .ok_or_else(|| anyhow::anyhow!("nothing uploaded at {path}"))?;
+            let plain = DownloadUtils::verify_and_decrypt(&blob, key, media_type)
+                .map_err(|e| anyhow::anyhow!("decrypt: {e:?}"))?;
+            use sha2::Digest;
+            Ok(crate::OutboundMedia {
+                sha256: hex::encode(sha2::Sha256::digest(&plain)),
+                size: plain.len() as u64,
+                mime_type: mime.clone().unwrap_or_default(),
+                filename,
+            })
+        })();
+        Some(opened.map(|media| (kind, caption, media)))
+    }
+
+    pub(crate) fn media_blob(&self, direct_path: &str) -> Option<Vec<u8>> {
+        let path = direct_path.split('?').next().unwrap_or(direct_path);
+        let media = self.media.lock().unwrap_or_else(|e| e.into_inner());
+        media
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, b)| b.clone())
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

@@ -745,7 +745,7 @@ async fn control_api_over_http() {
     .await;
     assert_eq!(
         out,
-        json!([{ "to": contact, "text": "reply over http", "message_id": sent.message_id }])
+        json!([{ "to": contact, "text": "reply over http", "message_id": sent.message_id, "type": "text", "media": null }])
     );
     let receipt = format!("/control/devices/{phone}/receipt");
     let (status, _) = http(
