@@ -886,7 +886,7 @@ mod tests {
                 r#type: "location".into(),
                 ..ok.clone()
             }),
-            Some("type".into())
+            Some("text".into())
         );
         assert_eq!(
             field(pb::SendMessageRequest {
