@@ -303,6 +303,15 @@ pub fn drop(r: pb::SandboxDropRequest) -> ApiResult<(String, SandboxAction)> {
 
 pub fn inbound(r: pb::SandboxInboundRequest) -> ApiResult<(String, SandboxAction)> {
     check_from(&r.from)?;
+    if !matches!(r.r#type.as_str(), "" | "text" | "location" | "reaction") {
+        return Err(ApiError::invalid(
+            "type",
+            format!(
+                "unknown inbound type \"{}\"; try text, image, video, audio, document, sticker, location or reaction",
+                r.r#type
+            ),
+        ));
+    }
     for (field, set) in [
         ("media_base64", r.media_base64.is_some()),
         ("media_url", r.media_url.is_some()),
@@ -318,17 +327,9 @@ pub fn inbound(r: pb::SandboxInboundRequest) -> ApiResult<(String, SandboxAction
         }
     }
     match r.r#type.as_str() {
-        "" | "text" => {}
         "location" => return inbound_location(r),
         "reaction" => return inbound_reaction(r),
-        t => {
-            return Err(ApiError::invalid(
-                "type",
-                format!(
-                    "unknown inbound type \"{t}\"; try text, image, video, audio, document, sticker, location or reaction"
-                ),
-            ));
-        }
+        _ => {}
     }
     if r.text.is_empty() {
         return Err(ApiError::invalid("text", "text is required"));
