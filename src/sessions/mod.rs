@@ -714,38 +714,6 @@ impl Session {
         }
     }
 
-    /// Which of these (message id, sender) pairs already have a `message.received` event (one query, on the
-    /// partial index of migration 0004).
-    async fn already_committed(
-        &self,
-        messages: &[crate::engine::InboundMessage],
-    ) -> Result<std::collections::HashSet<(String, String)>, Outcome> {
-        let ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
-        let client = self.node.pool.get().await.map_err(|_| Outcome::Retry)?;
-        let lookup = async {
-            let stmt = client
-                .prepare_cached(
-                    "SELECT data->>'message_id', data->>'from' FROM events \
-                     WHERE channel_id = $1 AND event = 'message.received' AND data->>'message_id' = ANY($2)",
-                )
-                .await?;
-            client.query(&stmt, &[&self.channel_id, &ids]).await
-        };
-        let rows = lookup.await.map_err(|e| {
-            tracing::warn!(channel_id = %self.channel_id, error = %e, "inbound dedup lookup failed");
-            Outcome::Retry
-        })?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                Some((
-                    r.get::<_, Option<String>>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                ))
-            })
-            .collect())
-    }
-
     /// One engine session, from start to its end.
     async fn attempt(&mut self, cmds: &mut mpsc::Receiver<Command>) -> Outcome {
         let state = match Box::pin(self.load_state()).await {
@@ -975,18 +943,14 @@ impl Session {
             }
             EngineEvent::Inbound { messages, ack } => {
                 // Redeliveries (our ack was lost) of what is already committed are acknowledged again and add
-                // nothing; so are repeats within the batch.
-                let seen = Box::pin(self.already_committed(&messages)).await?;
+                // nothing; so are repeats within the batch. The journal checks that under its lock, in the
+                // transaction that commits the rest (no round trip of its own per message).
                 let mut op = self.op();
-                let mut taken = std::collections::HashSet::new();
+                op.skip_committed_inbound = true;
                 for message in messages {
-                    let key = (message.message_id, message.from);
-                    if seen.contains(&key) || !taken.insert(key.clone()) {
-                        continue;
-                    }
                     let mut data = json!({
-                        "message_id": key.0,
-                        "from": key.1,
+                        "message_id": message.message_id,
+                        "from": message.from,
                         "timestamp": rfc3339(message.timestamp),
                     });
                     if let (serde_json::Value::Object(d), serde_json::Value::Object(body)) =
