@@ -171,9 +171,12 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Late>) {
         }
         // Let a burst gather: one statement for many messages.
         tokio::time::sleep(GATHER).await;
-        let room = BATCH.saturating_sub(batch.len());
-        if room > 0 {
-            rx.recv_many(&mut batch, room).await;
+        // Whatever else is queued by now, without waiting for more.
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(late) => batch.push(late),
+                Err(_) => break,
+            }
         }
         if let Err(e) = sweep(&pool, &batch).await {
             tracing::warn!(error = %e, rows = batch.len(), "deleting consumed pending-inbound rows failed; they expire later");
