@@ -5,7 +5,11 @@
 //!   whatisup-bench fanout [--seconds 20] [--rate 1000]
 //!   whatisup-bench fanout-scale [--seconds 10] [--rate 1000] [--steps 10,50,100,200,400]
 //!   whatisup-bench journal [--seconds 10]
-//!   whatisup-bench wa [--channels 100] [--messages 5000] [--idle-secs 30]
+//!   whatisup-bench wa [--channels 100] [--messages 5000] [--idle-secs 30] [--contacts-per-channel 0]
+//!       (0: 97 contacts shared by all channels, nearly every message a new Signal session; k: each channel
+//!       hears from k contacts of its own, each writing in its session after its first message)
+//!       (env WHATISUP_BENCH_LIVE_ONLY=1 stops after the live inbound phase; WHATISUP_BENCH_PERF=<prefix> samples
+//!       the gateway and the fake server with `perf record` during it)
 //!   whatisup-bench webhooks [--receivers 1,10] [--deliveries 20000] [--rate 1000] [--seconds 20]
 //!                           [--backlog 100000] [--soak-secs 0]
 //!   whatisup-bench messages [--messages 20000] [--conc 64] [--latency-messages 2000] [--latency-rate 200]
@@ -967,22 +971,38 @@ async fn pair_wa_channels(
     out.into_iter().collect()
 }
 
+/// Who writes the inbound texts of the `wa` scenario.
+#[derive(Clone, Copy)]
+enum Contacts {
+    /// 97 contacts shared by all channels, message i from contact i % 97: nearly every message opens a new
+    /// Signal session (X3DH on both sides), the costliest kind.
+    Shared97,
+    /// Each channel hears from these many contacts in turn: after its first message a contact writes in its
+    /// existing session (the steady state of a chat).
+    PerChannel(usize),
+}
+
 /// Fake contacts send `m` texts spread over the channels' phones (64 requests at a time).
 async fn inject(
     fake: &Fake,
     chans: &[(String, String)],
     m: usize,
     tag: &str,
+    contacts: Contacts,
 ) -> anyhow::Result<()> {
     let c = http();
     let sent: Vec<anyhow::Result<()>> = futures::stream::iter(0..m)
         .map(|i| {
             let (c, fbase) = (c.clone(), fake.base.clone());
             let phone = chans[i % chans.len()].1.clone();
+            let from = match contacts {
+                Contacts::Shared97 => i % 97,
+                Contacts::PerChannel(k) => (i / chans.len()) % k.max(1),
+            };
             async move {
                 let r = c
                     .post(format!("{fbase}/control/devices/{phone}/inbound"))
-                    .json(&serde_json::json!({"from": format!("1666{:07}", i % 97), "text": format!("bench {tag} message {i}")}))
+                    .json(&serde_json::json!({"from": format!("1666{from:07}"), "text": format!("bench {tag} message {i}")}))
                     .send()
                     .await?;
                 if !r.status().is_success() {
@@ -1009,6 +1029,10 @@ async fn wa(args: &[String]) -> anyhow::Result<()> {
     let n: usize = arg(args, "--channels", "100").parse()?;
     let m: usize = arg(args, "--messages", "5000").parse()?;
     let idle: u64 = arg(args, "--idle-secs", "30").parse()?;
+    let contacts = match arg(args, "--contacts-per-channel", "0").parse()? {
+        0 => Contacts::Shared97,
+        k => Contacts::PerChannel(k),
+    };
     let fake = Fake::spawn().await?;
     let db = BenchDb::new();
     let env = [("WHATISUP_WA_URL", fake.ws_url())];
@@ -1052,9 +1076,13 @@ async fn wa(args: &[String]) -> anyhow::Result<()> {
 
     // Inbound: fake contacts send texts, the engine decrypts them, the gateway commits `message.received`.
     let before = count_events(&pg, "message.received").await?;
+    let stats0 = db_stats(&pg).await?;
+    let perf = Perf::start(&gw, &fake)?;
+    let pg_pids = backend_pids(&pg).await?;
     let (gc0, fc0) = (gw.cpu_secs(), fake.cpu_secs());
+    let pc0: f64 = pg_pids.iter().map(|p| cpu_secs_of(*p)).sum();
     let t = Instant::now();
-    inject(&fake, &chans, m, "live").await?;
+    inject(&fake, &chans, m, "live", contacts).await?;
     let injected = t.elapsed();
     let want = before + m as i64;
     while count_events(&pg, "message.received").await? < want {
@@ -1074,11 +1102,35 @@ async fn wa(args: &[String]) -> anyhow::Result<()> {
         all_in.as_secs_f64(),
         m as f64 / all_in.as_secs_f64()
     );
+    let (gcpu, fcpu) = (gw.cpu_secs() - gc0, fake.cpu_secs() - fc0);
+    // Connections opened during the phase count with all their CPU.
+    let pcpu = backend_pids(&pg)
+        .await?
+        .iter()
+        .chain(pg_pids.iter())
+        .collect::<std::collections::HashSet<_>>()
+        .into_iter()
+        .map(|p| cpu_secs_of(*p))
+        .sum::<f64>()
+        - pc0;
     println!(
-        "wa:   CPU meanwhile: gateway {:.1} s, fake server {:.1} s",
-        gw.cpu_secs() - gc0,
-        fake.cpu_secs() - fc0
+        "wa:   CPU meanwhile: gateway {gcpu:.1} s ({:.0} µs per message), fake server {fcpu:.1} s ({:.0} µs per message), \
+         PostgreSQL backends of the bench database {pcpu:.1} s ({:.0} µs per message)",
+        gcpu / m as f64 * 1e6,
+        fcpu / m as f64 * 1e6,
+        pcpu / m as f64 * 1e6,
     );
+    perf.stop();
+    // PostgreSQL publishes a backend's counters when it goes idle, at most every 10 s.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    print_db_stats(&stats0, &db_stats(&pg).await?, m);
+    if std::env::var_os("WHATISUP_BENCH_LIVE_ONLY").is_some() {
+        drop(gw);
+        drop(fake);
+        drop(pg);
+        db.drop_db().await;
+        return Ok(());
+    }
 
     // Restart: every session resumes from the sealed store (no QR).
     let qr_before = count_events(&pg, "qr.updated").await?;
@@ -1104,7 +1156,7 @@ async fn wa(args: &[String]) -> anyhow::Result<()> {
     gw2.terminate().await?;
     let before = count_events(&pg, "message.received").await?;
     let t = Instant::now();
-    inject(&fake, &chans, m, "offline").await?;
+    inject(&fake, &chans, m, "offline", contacts).await?;
     let queued = t.elapsed();
     let gw3 = Gateway::spawn(&db, &env).await?;
     let (gc0, fc0) = (gw3.cpu_secs(), fake.cpu_secs());
@@ -1133,6 +1185,113 @@ async fn wa(args: &[String]) -> anyhow::Result<()> {
     drop(pg);
     db.drop_db().await;
     Ok(())
+}
+
+/// The PostgreSQL server processes serving the bench database (the gateway's pools and this client): their CPU
+/// is the database's share of a phase, as long as the pools neither open nor close connections meanwhile.
+async fn backend_pids(pg: &tokio_postgres::Client) -> anyhow::Result<Vec<u32>> {
+    Ok(pg
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get::<_, i32>(0) as u32)
+        .collect())
+}
+
+/// Per-table row operations and the database's commits, from PostgreSQL's cumulative statistics.
+type DbStats = HashMap<String, [i64; 4]>;
+
+async fn db_stats(pg: &tokio_postgres::Client) -> anyhow::Result<DbStats> {
+    pg.batch_execute("SELECT pg_stat_clear_snapshot()").await?;
+    let mut out = DbStats::new();
+    for r in pg
+        .query(
+            "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_del,
+                    coalesce(idx_scan, 0) + coalesce(seq_scan, 0)
+             FROM pg_stat_user_tables",
+            &[],
+        )
+        .await?
+    {
+        out.insert(r.get(0), [r.get(1), r.get(2), r.get(3), r.get(4)]);
+    }
+    let commits: i64 = pg
+        .query_one(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await?
+        .get(0);
+    out.insert("(transactions committed)".into(), [commits, 0, 0, 0]);
+    Ok(out)
+}
+
+/// What the inbound phase did to each table, per message (the bench's own polling included: a few scans of
+/// `events`).
+fn print_db_stats(before: &DbStats, after: &DbStats, m: usize) {
+    let mut rows: Vec<(&String, [f64; 4])> = after
+        .iter()
+        .map(|(k, a)| {
+            let b = before.get(k).copied().unwrap_or_default();
+            let d: [f64; 4] = std::array::from_fn(|i| (a[i] - b[i]) as f64 / m as f64);
+            (k, d)
+        })
+        .filter(|(_, d)| d.iter().any(|v| *v >= 0.01))
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(b.0));
+    println!(
+        "wa:   PostgreSQL per inbound message: table: inserted / updated / deleted rows, scans"
+    );
+    for (k, d) in rows {
+        println!(
+            "wa:     {k}: {:.2} / {:.2} / {:.2}, {:.2}",
+            d[0], d[1], d[2], d[3]
+        );
+    }
+}
+
+/// `WHATISUP_BENCH_PERF=<prefix>`: samples the gateway and the fake server with `perf record` during the live
+/// inbound phase, into `<prefix>.gateway.data` and `<prefix>.fake.data`.
+struct Perf(Vec<std::process::Child>);
+
+impl Perf {
+    fn start(gw: &Gateway, fake: &Fake) -> anyhow::Result<Perf> {
+        let Some(prefix) = std::env::var_os("WHATISUP_BENCH_PERF") else {
+            return Ok(Perf(Vec::new()));
+        };
+        let prefix = prefix.to_string_lossy().into_owned();
+        let mut out = Vec::new();
+        for (name, pid) in [("gateway", gw.child.id()), ("fake", fake._child.id())] {
+            let Some(pid) = pid else { continue };
+            out.push(
+                std::process::Command::new("perf")
+                    .args(["record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-p"])
+                    .arg(pid.to_string())
+                    .arg("-o")
+                    .arg(format!("{prefix}.{name}.data"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting perf")?,
+            );
+        }
+        // perf needs a moment to attach.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Perf(out))
+    }
+
+    fn stop(self) {
+        for mut child in self.0 {
+            let _ = std::process::Command::new("kill")
+                .arg("-INT")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Migrates a fresh bench database, creates a test-mode customer and `n` channels (named `prefix` + i) straight in

@@ -72,6 +72,22 @@ pub struct Op {
     pub audit: Option<AuditEntry>,
     /// Status changes of outbound messages; each write's events are committed only if the write applies.
     pub messages: Vec<MessageWrite>,
+    /// Inbound messages and reactions: drop each `message.received` (`message_id`, `from`) or `message.reaction`
+    /// (`reaction_id`, `from`) event of the channel that is already in
+    /// the log or earlier in the same batch (WhatsApp redelivers what it did not see acknowledged). Checked under
+    /// the batch's lock, so two nodes racing on one redelivery cannot both commit it.
+    pub skip_committed_inbound: bool,
+}
+
+/// The dedup key of an inbound event: a message's `message_id`, a reaction's own `reaction_id`, with `from`.
+/// None for other events (they are never dropped).
+fn inbound_key<'a>(name: &str, data: &'a Value) -> Option<(&'a str, &'a str)> {
+    let id = match name {
+        "message.received" => data.get("message_id")?,
+        "message.reaction" => data.get("reaction_id")?,
+        _ => return None,
+    };
+    Some((id.as_str()?, data.get("from")?.as_str()?))
 }
 
 /// What happened to an outbound message.
@@ -312,6 +328,15 @@ const SEQ_OTHERS_SQL: &str =
 
 const LOG_END_SQL: &str = "SELECT coalesce(max(id), 0) FROM events";
 
+/// Which of these inbound messages already have their `message.received` event (the partial index of migration
+/// 0004 serves each probe).
+const INBOUND_SEEN_SQL: &str = "SELECT u.ch, u.ev, u.mid, u.frm
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(ch, ev, mid, frm)
+    WHERE (u.ev = 'message.received' AND EXISTS (SELECT 1 FROM events e WHERE e.channel_id = u.ch
+               AND e.event = 'message.received' AND e.data->>'message_id' = u.mid AND e.data->>'from' = u.frm))
+       OR (u.ev = 'message.reaction' AND EXISTS (SELECT 1 FROM events e WHERE e.channel_id = u.ch
+               AND e.event = 'message.reaction' AND e.data->>'reaction_id' = u.mid AND e.data->>'from' = u.frm))";
+
 /// The writer's knowledge of each channel's last sequence, so that a batch need not look every channel up.
 /// Sequences come from the log itself (no counter written per event); `channels.last_sequence` is a floor written
 /// whenever the row is written anyway, so a retention cleaner must raise it before deleting a channel's newest
@@ -500,6 +525,7 @@ async fn commit_batch_inner(
     let seq_lookup = client.prepare_cached(SEQ_LOOKUP_SQL).await?;
     let seq_others = client.prepare_cached(SEQ_OTHERS_SQL).await?;
     let log_end = client.prepare_cached(LOG_END_SQL).await?;
+    let inbound_seen = client.prepare_cached(INBOUND_SEEN_SQL).await?;
     let tx = client.transaction().await?;
 
     let mut ids: Vec<&str> = ops.iter().map(|o| o.channel_id.as_str()).collect();
@@ -522,6 +548,19 @@ async fn commit_batch_inner(
         None => ids.clone(),
     };
     let since = cache.last_id.unwrap_or(i64::MAX);
+    let (mut in_ch, mut in_ev, mut in_mid, mut in_from) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for op in ops.iter().filter(|o| o.skip_committed_inbound) {
+        for (name, data) in &op.events {
+            if let Some((mid, from)) = inbound_key(name, data) {
+                in_ch.push(op.channel_id.as_str());
+                in_ev.push(*name);
+                in_mid.push(mid);
+                in_from.push(from);
+            }
+        }
+    }
+    let inbound_args: [&Param<'_>; 4] = [&in_ch, &in_ev, &in_mid, &in_from];
     // Pipelined: one round trip. The server runs them in order, so the reads happen under the lock.
     let lock_args: [&Param<'_>; 1] = [&EVENTS_LOCK];
     let select_args: [&Param<'_>; 1] = [&ids];
@@ -552,14 +591,27 @@ async fn commit_batch_inner(
                 .map(|r| r.get::<_, i64>(0)),
         }
     };
-    let (_, rows, lease_rows, looked_up, others, end) = tokio::try_join!(
+    let inbound_read = async {
+        if in_ch.is_empty() {
+            Ok(Vec::new())
+        } else {
+            tx.query(&inbound_seen, &inbound_args).await
+        }
+    };
+    let (_, rows, lease_rows, looked_up, others, end, seen_rows) = tokio::try_join!(
         tx.execute(&lock, &lock_args),
         tx.query(&select, &select_args),
         leases_read,
         lookups,
         tx.query(&seq_others, &since_args),
         end_read,
+        inbound_read,
     )?;
+    // Inbound messages committed already (before this batch, or by an earlier op of it).
+    let mut inbound_seen: std::collections::HashSet<(String, String, String, String)> = seen_rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
     if cache.last_id.is_none() {
         cache.seqs.clear();
     }
@@ -678,7 +730,20 @@ async fn commit_batch_inner(
                 }
             }
         }
-        names.extend(op.events.iter().map(|(n, d)| (n.to_string(), d.clone())));
+        for (n, d) in &op.events {
+            if op.skip_committed_inbound
+                && let Some((mid, from)) = inbound_key(n, d)
+                && !inbound_seen.insert((
+                    op.channel_id.clone(),
+                    n.to_string(),
+                    mid.to_string(),
+                    from.to_string(),
+                ))
+            {
+                continue;
+            }
+            names.push((n.to_string(), d.clone()));
+        }
 
         if let Some(p) = &op.phone_number {
             row.phone_number = Some(p.clone());

@@ -707,45 +707,6 @@ impl Session {
         }
     }
 
-    /// Which of these (message id, sender) pairs already have a `message.received` event (one query, on the
-    /// partial index of migration 0004).
-    async fn already_committed(
-        &self,
-        messages: &[crate::engine::InboundMessage],
-    ) -> Result<std::collections::HashSet<(String, String)>, Outcome> {
-        let ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
-        let client = self.node.pool.get().await.map_err(|_| Outcome::Retry)?;
-        // Reactions are looked up (on their own index, migration 0008) only when the batch holds one.
-        let reactions = messages.iter().any(|m| reaction_target(&m.body).is_some());
-        let lookup = async {
-            let stmt = client
-                .prepare_cached(if reactions {
-                    "SELECT data->>'message_id', data->>'from' FROM events \
-                     WHERE channel_id = $1 AND event = 'message.received' AND data->>'message_id' = ANY($2) \
-                     UNION ALL SELECT data->>'reaction_id', data->>'from' FROM events \
-                     WHERE channel_id = $1 AND event = 'message.reaction' AND data->>'reaction_id' = ANY($2)"
-                } else {
-                    "SELECT data->>'message_id', data->>'from' FROM events \
-                     WHERE channel_id = $1 AND event = 'message.received' AND data->>'message_id' = ANY($2)"
-                })
-                .await?;
-            client.query(&stmt, &[&self.channel_id, &ids]).await
-        };
-        let rows = lookup.await.map_err(|e| {
-            tracing::warn!(channel_id = %self.channel_id, error = %e, "inbound dedup lookup failed");
-            Outcome::Retry
-        })?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                Some((
-                    r.get::<_, Option<String>>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                ))
-            })
-            .collect())
-    }
-
     /// Our messages that these inbound reactions react to, by the id they name (ours or its WhatsApp id) →
     /// (our id, WhatsApp id). No query when the batch holds no reaction.
     async fn reaction_targets(
@@ -1003,16 +964,12 @@ impl Session {
             }
             EngineEvent::Inbound { messages, ack } => {
                 // Redeliveries (our ack was lost) of what is already committed are acknowledged again and add
-                // nothing; so are repeats within the batch.
-                let seen = Box::pin(self.already_committed(&messages)).await?;
+                // nothing; so are repeats within the batch. The journal checks that under its lock, in the
+                // transaction that commits the rest (no round trip of its own per message).
                 let targets = Box::pin(self.reaction_targets(&messages)).await?;
                 let mut op = self.op();
-                let mut taken = std::collections::HashSet::new();
+                op.skip_committed_inbound = true;
                 for message in messages {
-                    let key = (message.message_id, message.from);
-                    if seen.contains(&key) || !taken.insert(key.clone()) {
-                        continue;
-                    }
                     if let Some(target) = reaction_target(&message.body) {
                         // Our own message is named by our id; anything else by its WhatsApp id.
                         let (id, wa_id) = targets
@@ -1023,16 +980,16 @@ impl Session {
                             "message_id": id,
                             "whatsapp_id": wa_id,
                             "emoji": message.body["emoji"],
-                            "from": key.1,
-                            "reaction_id": key.0,
+                            "from": message.from,
+                            "reaction_id": message.message_id,
                             "timestamp": rfc3339(message.timestamp),
                         });
                         op.events.push((crate::engine::REACTION_EVENT, data));
                         continue;
                     }
                     let mut data = json!({
-                        "message_id": key.0,
-                        "from": key.1,
+                        "message_id": message.message_id,
+                        "from": message.from,
                         "timestamp": rfc3339(message.timestamp),
                     });
                     if let (serde_json::Value::Object(d), serde_json::Value::Object(body)) =

@@ -10,7 +10,7 @@ use wacore::appstate::processor::AppStateMutationMAC;
 use wacore::store::traits::*;
 use wacore::store::{CachedNoiseCert, CachedServerCertChain, Device, InMemoryBackend};
 use whatisup::crypto::MasterKeys;
-use whatisup::engine::whatsapp::store::{PgStore, TABLES, wipe};
+use whatisup::engine::whatsapp::store::{PgStore, Sweeper, TABLES, wipe};
 use whatsapp_rust::bytes::Bytes;
 use whatsapp_rust::wacore;
 
@@ -970,6 +970,85 @@ async fn wa_store_matches_in_memory() {
     // The data is in PostgreSQL, not in this process.
     assert_eq!(pg.resource_report().await.memory_bytes, Some(0));
 
+    db.drop_db().await;
+}
+
+/// With the engine's sweeper, deletes of pending-inbound rows land late: the store answers as if they had
+/// happened at once (the same conformance log), the rows do leave the database, and a late delete never removes
+/// a newer row stored under the same key meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_inbound_deletes_land_late() {
+    let (db, pool) = setup().await;
+    channel(&pool, "ch_sweep").await;
+    let sweeper = Sweeper::spawn(pool.clone());
+    let pg = PgStore::with_sweeper(pool.clone(), keys(KEY_A, &[]), "ch_sweep", sweeper.clone());
+    let mem = InMemoryBackend::new();
+    let mut expected = Log(Vec::new());
+    scenario(&mem, &mut expected).await;
+    let mut got = Log(Vec::new());
+    scenario(&pg, &mut got).await;
+    for (e, g) in expected.0.iter().zip(&got.0) {
+        assert_eq!(g, e, "PgStore with a sweeper differs from InMemoryBackend");
+    }
+    assert_eq!(got.0.len(), expected.0.len());
+
+    let client = pool.get().await.unwrap();
+    let rows = |id: &'static str| {
+        let client = &client;
+        async move {
+            let n: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM wa_pending_inbound WHERE channel_id = 'ch_sweep' AND message_id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n
+        }
+    };
+    let (pc, ps) = ("1@s.whatsapp.net", "1@s.whatsapp.net");
+    let pg2 = PgStore::with_sweeper(pool.clone(), keys(KEY_A, &[]), "ch_sweep", sweeper);
+    for i in 0..50 {
+        pg2.store_pending_inbound(pc, ps, "S1", format!("v{i}").as_bytes())
+            .await
+            .unwrap();
+        pg2.delete_pending_inbound(pc, ps, "S1").await.unwrap();
+        assert_eq!(pg2.get_pending_inbound(pc, ps, "S1").await.unwrap(), None);
+    }
+    // Stored again right after a delete: the late delete of the old row leaves the new one alone.
+    pg2.store_pending_inbound(pc, ps, "S1", b"kept")
+        .await
+        .unwrap();
+    pg2.store_pending_inbound(pc, ps, "S2", b"gone")
+        .await
+        .unwrap();
+    pg2.delete_pending_inbound(pc, ps, "S2").await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rows("S2").await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the late delete never landed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(rows("S1").await, 1);
+    assert_eq!(
+        pg2.get_pending_inbound(pc, ps, "S1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"kept"[..])
+    );
+    // A row of an earlier process (this store never wrote it) is deleted at once.
+    let fresh = PgStore::with_sweeper(
+        pool.clone(),
+        keys(KEY_A, &[]),
+        "ch_sweep",
+        Sweeper::spawn(pool.clone()),
+    );
+    fresh.delete_pending_inbound(pc, ps, "S1").await.unwrap();
+    assert_eq!(rows("S1").await, 0);
     db.drop_db().await;
 }
 

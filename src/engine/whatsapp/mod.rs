@@ -59,6 +59,8 @@ pub struct WhatsAppEngine {
     keys: Arc<MasterKeys>,
     cfg: WhatsAppConfig,
     http: Arc<http::ReqwestHttp>,
+    /// Deletes consumed pending-inbound rows of all channels in batches; started with the first session.
+    sweeper: std::sync::OnceLock<store::Sweeper>,
 }
 
 impl WhatsAppEngine {
@@ -87,6 +89,7 @@ impl WhatsAppEngine {
             keys,
             cfg,
             http: Arc::new(http::ReqwestHttp::new()?),
+            sweeper: std::sync::OnceLock::new(),
         })
     }
 }
@@ -116,10 +119,15 @@ impl Engine for WhatsAppEngine {
     }
 
     async fn start(&self, req: StartRequest) -> Result<Box<dyn EngineSession>, EngineError> {
-        let store = Arc::new(store::PgStore::new(
+        let sweeper = self
+            .sweeper
+            .get_or_init(|| store::Sweeper::spawn(self.pool.clone()))
+            .clone();
+        let store = Arc::new(store::PgStore::with_sweeper(
             self.pool.clone(),
             self.keys.clone(),
             &req.channel_id,
+            sweeper,
         ));
         if req.state.is_none() {
             // No persisted session: whatever the store still holds for this channel belongs to an unlinked device.

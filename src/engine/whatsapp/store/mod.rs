@@ -13,6 +13,7 @@
 //! client's signal durability protocol relies on.
 
 mod app_sync;
+mod inbound;
 mod msg_secret;
 mod protocol;
 mod signal;
@@ -31,6 +32,8 @@ use wacore::store::Device;
 use wacore::store::error::{Result, StoreError};
 use wacore::store::traits::DeviceStore;
 use whatsapp_rust::wacore;
+
+pub use inbound::Sweeper;
 
 /// Every table of the store, for [`wipe`]. The conformance suite checks it against the database catalogue.
 pub const TABLES: &[&str] = &[
@@ -61,6 +64,10 @@ pub struct PgStore {
     keys: Arc<MasterKeys>,
     channel_id: Arc<str>,
     gate: Arc<Gate>,
+    /// Pending-inbound rows this store wrote and deleted (see `inbound`).
+    ledger: Arc<inbound::Ledger>,
+    /// None: pending-inbound deletes happen at once.
+    sweeper: Option<Sweeper>,
 }
 
 /// Closes a store for good. The client keeps detached tasks (a pre-key upload, a write-behind flush) that can
@@ -136,6 +143,21 @@ impl PgStore {
             keys,
             channel_id: Arc::from(channel_id),
             gate: Arc::default(),
+            ledger: Arc::default(),
+            sweeper: None,
+        }
+    }
+
+    /// A store whose consumed pending-inbound rows are deleted late by `sweeper` (the engine's; see `inbound`).
+    pub fn with_sweeper(
+        pool: Pool,
+        keys: Arc<MasterKeys>,
+        channel_id: &str,
+        sweeper: Sweeper,
+    ) -> PgStore {
+        PgStore {
+            sweeper: Some(sweeper),
+            ..PgStore::new(pool, keys, channel_id)
         }
     }
 
@@ -148,6 +170,7 @@ impl PgStore {
         while self.gate.in_flight.load(SeqCst) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+        self.ledger.clear();
         wipe(&self.pool, &self.channel_id).await
     }
 
@@ -157,6 +180,7 @@ impl PgStore {
 
     /// [`wipe`] for this store's channel.
     pub async fn wipe(&self) -> Result<u64> {
+        self.ledger.clear();
         wipe(&self.pool, &self.channel_id).await
     }
 

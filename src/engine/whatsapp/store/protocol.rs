@@ -1,7 +1,7 @@
 //! WhatsApp protocol state: sender-key distribution, LID↔PN mappings, base keys, device lists, group metadata,
 //! trusted-contact tokens, sent messages for retries and the pending-inbound buffer.
 
-use super::{PgStore, col, count_u32, from_json, invalid, last_wins, to_json};
+use super::{PgStore, col, count_u32, from_json, inbound, invalid, last_wins, to_json};
 use async_trait::async_trait;
 use wacore::store::error::Result;
 use wacore::store::traits::{
@@ -612,29 +612,13 @@ impl ProtocolStore for PgStore {
         id: &str,
         message: &[u8],
     ) -> Result<()> {
-        let (kid, sealed) = self.seal(
-            PENDING_INBOUND,
-            &[chat.as_bytes(), sender.as_bytes(), id.as_bytes()],
+        self.store_pending_inbound_batch(&[PendingInboundRow {
+            chat,
+            sender,
+            id,
             message,
-        );
-        self.exec(
-            "store_pending_inbound",
-            "INSERT INTO wa_pending_inbound (channel_id, chat_jid, sender_jid, message_id, created_at, kid, sealed)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (channel_id, chat_jid, sender_jid, message_id) DO UPDATE
-             SET created_at = excluded.created_at, kid = excluded.kid, sealed = excluded.sealed",
-            &[
-                &&*self.channel_id,
-                &chat,
-                &sender,
-                &id,
-                &wacore::time::now_secs(),
-                &kid,
-                &sealed,
-            ],
-        )
-        .await?;
-        Ok(())
+        }])
+        .await
     }
 
     async fn get_pending_inbound(
@@ -644,6 +628,12 @@ impl ProtocolStore for PgStore {
         id: &str,
     ) -> Result<Option<Vec<u8>>> {
         const OP: &str = "get_pending_inbound";
+        if self
+            .ledger
+            .is_deleted(&(chat.to_string(), sender.to_string(), id.to_string()))
+        {
+            return Ok(None);
+        }
         let Some(row) = self
             .query_opt(
                 OP,
@@ -664,25 +654,28 @@ impl ProtocolStore for PgStore {
     }
 
     async fn delete_pending_inbound(&self, chat: &str, sender: &str, id: &str) -> Result<()> {
-        self.exec(
-            "delete_pending_inbound",
-            "DELETE FROM wa_pending_inbound
-             WHERE channel_id = $1 AND chat_jid = $2 AND sender_jid = $3 AND message_id = $4",
-            &[&&*self.channel_id, &chat, &sender, &id],
-        )
-        .await?;
-        Ok(())
+        self.delete_pending_inbound_batch(&[PendingInboundKey { chat, sender, id }])
+            .await
     }
 
+    /// Tombstoned rows (deleted, the sweeper not done yet) are not counted: they are gone already.
     async fn delete_expired_pending_inbound(&self, cutoff_timestamp: i64) -> Result<u32> {
-        let n = self
-            .exec(
-                "delete_expired_pending_inbound",
-                "DELETE FROM wa_pending_inbound WHERE channel_id = $1 AND created_at < $2",
+        const OP: &str = "delete_expired_pending_inbound";
+        let rows = self
+            .query(
+                OP,
+                "DELETE FROM wa_pending_inbound WHERE channel_id = $1 AND created_at < $2
+                 RETURNING chat_jid, sender_jid, message_id",
                 &[&&*self.channel_id, &cutoff_timestamp],
             )
             .await?;
-        Ok(count_u32(n))
+        let keys = rows
+            .iter()
+            .map(|r| Ok((col(OP, r, 0)?, col(OP, r, 1)?, col(OP, r, 2)?)))
+            .collect::<Result<Vec<inbound::Key>>>()?;
+        Ok(count_u32(
+            (keys.len() - self.ledger.tombstoned(&keys)) as u64,
+        ))
     }
 
     async fn store_pending_inbound_batch(&self, rows: &[PendingInboundRow<'_>]) -> Result<()> {
@@ -725,16 +718,42 @@ impl ProtocolStore for PgStore {
             ],
         )
         .await?;
+        for (((c, s), i), sealed) in chats.iter().zip(&senders).zip(&ids).zip(&sealed) {
+            if let Some(nonce) = sealed.get(..12).and_then(|n| n.try_into().ok()) {
+                self.ledger
+                    .stored((c.to_string(), s.to_string(), i.to_string()), nonce);
+            }
+        }
         Ok(())
     }
 
+    /// With a sweeper, the rows this store wrote are tombstoned now and deleted late (see `inbound`); the rest at
+    /// once.
     async fn delete_pending_inbound_batch(&self, keys: &[PendingInboundKey<'_>]) -> Result<()> {
         if keys.is_empty() {
             return Ok(());
         }
-        let chats: Vec<&str> = keys.iter().map(|k| k.chat).collect();
-        let senders: Vec<&str> = keys.iter().map(|k| k.sender).collect();
-        let ids: Vec<&str> = keys.iter().map(|k| k.id).collect();
+        let keys: Vec<inbound::Key> = keys
+            .iter()
+            .map(|k| (k.chat.to_string(), k.sender.to_string(), k.id.to_string()))
+            .collect();
+        let now = match &self.sweeper {
+            None => keys,
+            Some(sweeper) => {
+                let (late, mut now) = self.ledger.delete(keys);
+                for (key, nonce) in sweeper.queue(&self.ledger, &self.channel_id, late) {
+                    self.ledger.untomb(&key, &nonce);
+                    now.push(key);
+                }
+                now
+            }
+        };
+        if now.is_empty() {
+            return Ok(());
+        }
+        let chats: Vec<&str> = now.iter().map(|k| k.0.as_str()).collect();
+        let senders: Vec<&str> = now.iter().map(|k| k.1.as_str()).collect();
+        let ids: Vec<&str> = now.iter().map(|k| k.2.as_str()).collect();
         self.exec(
             "delete_pending_inbound_batch",
             "DELETE FROM wa_pending_inbound p
