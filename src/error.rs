@@ -18,8 +18,6 @@ pub enum Code {
     WebhookEndpointNotFound,
     DeliveryNotFound,
     NotFound,
-    /// A signed media URL past its expiry (410).
-    MediaExpired,
     InvalidLifecycleTransition,
     NotConnected,
     NoQr,
@@ -48,7 +46,6 @@ impl Code {
             Code::WebhookEndpointNotFound => "webhook_endpoint_not_found",
             Code::DeliveryNotFound => "delivery_not_found",
             Code::NotFound => "not_found",
-            Code::MediaExpired => "media_expired",
             Code::InvalidLifecycleTransition => "invalid_lifecycle_transition",
             Code::NotConnected => "not_connected",
             Code::NoQr => "no_qr",
@@ -74,7 +71,6 @@ impl Code {
             | WebhookEndpointNotFound
             | DeliveryNotFound
             | NotFound => StatusCode::NOT_FOUND,
-            MediaExpired => StatusCode::GONE,
             InvalidLifecycleTransition
             | NotConnected
             | NoQr
@@ -99,8 +95,7 @@ impl Code {
             | ApiKeyNotFound
             | WebhookEndpointNotFound
             | DeliveryNotFound
-            | NotFound
-            | MediaExpired => tonic::Code::NotFound,
+            | NotFound => tonic::Code::NotFound,
             InvalidLifecycleTransition | NotConnected | NoQr | NotSandbox => {
                 tonic::Code::FailedPrecondition
             }

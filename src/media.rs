@@ -366,7 +366,8 @@ impl Media {
     pub async fn open(&self, token: &str) -> ApiResult<(String, Option<String>, Vec<u8>)> {
         let not_found =
             || ApiError::new(Code::NotFound, "no such media (unknown or tampered link)");
-        let gone = || ApiError::new(Code::MediaExpired, "this media link has expired");
+        // The contract has no "gone" code: an expired link is a `not_found` that says why.
+        let gone = || ApiError::new(Code::NotFound, "this media link has expired");
         let id = match self.verify(token) {
             Ok(id) => id,
             Err(TokenError::Invalid) => return Err(not_found()),
