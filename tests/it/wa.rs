@@ -371,16 +371,7 @@ async fn crash_between_commit_and_ack_loses_and_duplicates_nothing() {
     let db = TestDb::new();
     let fake = fake().await;
     let url = fake.ws_url();
-    let mut a = Proc::spawn(
-        &db,
-        "node-a",
-        &[
-            ("WHATISUP_WA_URL", url.as_str()),
-            ("WHATISUP_TEST_CRASH_AFTER_INBOUND_COMMIT", "1"),
-        ],
-    )
-    .await;
-    let (live, _) = a.bootstrap_keys().await;
+    let (a, live) = crashing_node(&db, &fake).await;
     let api = Api::new(&a.base, &live);
     let phone = "+15550005001";
     let id = pair(&api, &fake, phone).await;
@@ -726,16 +717,7 @@ async fn reaction_crash_between_commit_and_ack_commits_once() {
     let db = TestDb::new();
     let fake = fake().await;
     let url = fake.ws_url();
-    let mut a = Proc::spawn(
-        &db,
-        "node-a",
-        &[
-            ("WHATISUP_WA_URL", url.as_str()),
-            ("WHATISUP_TEST_CRASH_AFTER_INBOUND_COMMIT", "1"),
-        ],
-    )
-    .await;
-    let (live, _) = a.bootstrap_keys().await;
+    let (a, live) = crashing_node(&db, &fake).await;
     let api = Api::new(&a.base, &live);
     let phone = "+15550007002";
     let id = pair(&api, &fake, phone).await;
@@ -839,4 +821,20 @@ async fn outbound_image_reaches_the_contact_byte_exact() {
     assert_eq!(o.message_id, m["whatsapp_id"].as_str().unwrap_or_default());
     gw.stop().await;
     db.drop_db().await;
+}
+
+/// A gateway process (`node-a`) on the fake server that aborts right after committing an inbound batch, before
+/// the ack, and its live key.
+async fn crashing_node(db: &TestDb, fake: &FakeWa) -> (Proc, String) {
+    let mut a = Proc::spawn(
+        db,
+        "node-a",
+        &[
+            ("WHATISUP_WA_URL", fake.ws_url().as_str()),
+            ("WHATISUP_TEST_CRASH_AFTER_INBOUND_COMMIT", "1"),
+        ],
+    )
+    .await;
+    let (live, _) = a.bootstrap_keys().await;
+    (a, live)
 }
