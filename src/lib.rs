@@ -147,6 +147,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         })
         .with_store(pool.clone()),
     );
+    let media = Arc::new(media::Media::new(&cfg, pool.clone(), keys.clone())?);
     let whatsapp: Arc<dyn Engine> = Arc::new(WhatsAppEngine::new(
         pool.clone(),
         keys.clone(),
@@ -155,6 +156,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
             version: cfg.wa_version()?,
             device_name: cfg.wa_device_name.clone(),
         },
+        media.clone(),
     )?);
     let node = sessions::Node::new(
         cfg.clone(),
@@ -164,7 +166,6 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         vec![sandbox, whatsapp],
         metrics.clone(),
     );
-    let media = Arc::new(media::Media::new(&cfg, pool.clone(), keys.clone())?);
     let app = Arc::new(App::new(
         cfg.clone(),
         pool.clone(),

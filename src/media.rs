@@ -118,6 +118,18 @@ pub async fn load(
         .map(|r| r.get(0)))
 }
 
+/// `id, mime_type, size, sha256, filename, expires_at` as [`Stored`].
+fn stored_of(r: &tokio_postgres::Row) -> Stored {
+    Stored {
+        id: r.get(0),
+        mime_type: r.get(1),
+        size: u32::try_from(r.get::<_, i64>(2)).unwrap_or(u32::MAX),
+        sha256: hex::encode(r.get::<_, Vec<u8>>(3)),
+        filename: r.get(4),
+        expires_at: r.get(5),
+    }
+}
+
 /// Why a download token is refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TokenError {
@@ -245,6 +257,67 @@ impl Media {
         })
     }
 
+    /// Stores media that arrived with an inbound WhatsApp message, keyed by that message (`source_ref`): if the
+    /// key is stored already (a redelivery racing the first delivery), the first row is kept and returned.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn store_inbound(
+        &self,
+        customer_id: &str,
+        channel_id: &str,
+        source_ref: &str,
+        mime_type: &str,
+        filename: Option<&str>,
+        data: &[u8],
+    ) -> ApiResult<Stored> {
+        if data.len() > self.max_bytes {
+            return Err(self.too_large());
+        }
+        let id = crate::store::new_id("med");
+        let sha = Sha256::digest(data).to_vec();
+        let secs = i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX / 4);
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "INSERT INTO media AS m (id, customer_id, channel_id, origin, mime_type, filename, size, sha256, data,
+                                         expires_at, source_ref)
+                 VALUES ($1, $2, $3, 'inbound', $4, $5, $6, $7, $8, now() + make_interval(secs => $9::bigint), $10)
+                 ON CONFLICT (channel_id, source_ref) WHERE source_ref IS NOT NULL
+                   DO UPDATE SET expires_at = greatest(m.expires_at, excluded.expires_at)
+                 RETURNING id, mime_type, size, sha256, filename, expires_at",
+                &[
+                    &id,
+                    &customer_id,
+                    &channel_id,
+                    &mime_type,
+                    &filename,
+                    &(data.len() as i64),
+                    &sha,
+                    &data,
+                    &secs,
+                    &source_ref,
+                ],
+            )
+            .await?;
+        Ok(stored_of(&row))
+    }
+
+    /// Inbound media stored earlier for the message `source_ref` (see [`Media::store_inbound`]), not expired.
+    pub async fn find_inbound(
+        &self,
+        channel_id: &str,
+        source_ref: &str,
+    ) -> ApiResult<Option<Stored>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT id, mime_type, size, sha256, filename, expires_at FROM media
+                 WHERE channel_id = $1 AND source_ref = $2 AND expires_at > now()",
+                &[&channel_id, &source_ref],
+            )
+            .await?;
+        Ok(row.as_ref().map(stored_of))
+    }
+
     /// Media of the channel, not expired; its retention is extended to at least `keep` from now (a queued
     /// message that uses it must find it when it is sent).
     pub async fn lookup(
@@ -343,6 +416,18 @@ impl Media {
             self.public_url,
             self.token(id, expires_at)
         )
+    }
+
+    /// The `media` object of a `message.received` event: the signed link and what is known of the bytes.
+    pub fn event_json(&self, s: &Stored) -> serde_json::Value {
+        serde_json::json!({
+            "url": self.url(&s.id, s.expires_at),
+            "mime_type": s.mime_type,
+            "size": s.size,
+            "sha256": s.sha256,
+            "filename": s.filename,
+            "expires_at": crate::wkt::rfc3339(s.expires_at),
+        })
     }
 
     /// The media id a token grants, when its signature holds and it has not expired.

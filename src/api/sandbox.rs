@@ -247,7 +247,7 @@ impl App {
                 None,
             )
             .await?;
-        let media = inbound_media_json(&self.media, &stored);
+        let media = self.media.event_json(&stored);
         let action = SandboxAction::InboundMedia {
             message_id: new_inbound_id(),
             from: r.from,
@@ -257,18 +257,6 @@ impl App {
         };
         self.sandbox_action(p, &ch.id, action).await
     }
-}
-
-/// The `media` object of a `message.received` event.
-pub fn inbound_media_json(m: &crate::media::Media, s: &crate::media::Stored) -> serde_json::Value {
-    serde_json::json!({
-        "url": m.url(&s.id, s.expires_at),
-        "mime_type": s.mime_type,
-        "size": s.size,
-        "sha256": s.sha256,
-        "filename": s.filename,
-        "expires_at": crate::wkt::rfc3339(s.expires_at),
-    })
 }
 
 pub fn scan(r: pb::SandboxScanRequest) -> ApiResult<(String, SandboxAction)> {

@@ -59,6 +59,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "outbox_counts",
         include_str!("../../migrations/0011_outbox_counts.sql"),
     ),
+    (
+        13,
+        "inbound_media_ref",
+        include_str!("../../migrations/0013_inbound_media_ref.sql"),
+    ),
 ];
 
 /// Serialises migrations (and the first-start bootstrap) across nodes starting together.

@@ -258,15 +258,21 @@ async fn resume_engine_alone(
     use whatisup::engine::whatsapp::{WhatsAppConfig, WhatsAppEngine};
     use whatisup::engine::{Engine, EngineEvent, StartRequest};
     let pool = whatisup::store::connect(&db.url, 4).await.expect("pool");
-    let master = whatisup::crypto::MasterKeys::from_bytes(std::array::from_fn(|i| i as u8), &[]);
+    let master = std::sync::Arc::new(whatisup::crypto::MasterKeys::from_bytes(
+        std::array::from_fn(|i| i as u8),
+        &[],
+    ));
+    let media =
+        whatisup::media::Media::new(&test_config(db), pool.clone(), master.clone()).expect("media");
     let engine = WhatsAppEngine::new(
         pool,
-        std::sync::Arc::new(master),
+        master,
         WhatsAppConfig {
             url: fake.ws_url(),
             version: (2, 3000, 1042742319),
             device_name: "whatisup".into(),
         },
+        std::sync::Arc::new(media),
     )
     .expect("engine");
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
@@ -837,4 +843,273 @@ async fn crashing_node(db: &TestDb, fake: &FakeWa) -> (Proc, String) {
     .await;
     let (live, _) = a.bootstrap_keys().await;
     (a, live)
+}
+
+/// `len` bytes that are not all alike.
+fn media_bytes(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+/// A media message from the fake contact `from` through the fake server's control API (the bytes are
+/// encrypted and put on its media host by the fake, as a WhatsApp client would).
+async fn contact_sends_media(fake: &FakeWa, phone: &str, from: &str, body: Value) -> String {
+    let mut body = body;
+    body["from"] = json!(d(from));
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://{}/control/devices/{}/inbound",
+            fake.addr(),
+            d(phone)
+        ))
+        .json(&body)
+        .send()
+        .await
+        .expect("control API");
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    v["message_id"].as_str().expect("message_id").to_string()
+}
+
+/// The `message.received` of WhatsApp message `mid`, from the stream.
+async fn received(sse: &mut Sse, mid: &str) -> Value {
+    let frames = sse
+        .until(T, |f| {
+            f.event == "message.received" && f.data["data"]["message_id"] == mid
+        })
+        .await;
+    frames.last().expect("message.received").data["data"].clone()
+}
+
+/// GETs a `media.url` of an event (relative to the gateway): status, content type, bytes.
+async fn download(base: &str, url: &str) -> (u16, String, Vec<u8>) {
+    let r = reqwest::get(format!("{base}{url}"))
+        .await
+        .expect("media GET");
+    let status = r.status().as_u16();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, ct, r.bytes().await.expect("body").to_vec())
+}
+
+async fn inbound_media_rows(db: &TestDb, channel_id: &str) -> i64 {
+    db.client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM media WHERE channel_id = $1 AND origin = 'inbound'",
+            &[&channel_id],
+        )
+        .await
+        .expect("count")
+        .get(0)
+}
+
+/// Inbound media on the real engine: the contact's image (with a caption) and document (with a file name) are
+/// downloaded, verified, stored and announced with a signed link that serves exactly the bytes sent. Media over
+/// `WHATISUP_MEDIA_MAX_BYTES` and media that fails verification still arrive as messages, with the metadata and
+/// `media.error`; the session stays up and the next text arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_media_arrives_with_a_signed_link() {
+    use base64::Engine as _;
+    use sha2::Digest;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let db = TestDb::new();
+    let fake = fake().await;
+    let mut cfg = wa_config(&db, &fake);
+    cfg.media_max_bytes = 20_000;
+    let gw = Gw::start(cfg).await;
+    let keys = gw.customer("acme").await;
+    let api = Api::new(&gw.base, &keys.live);
+    let phone = "+15550008001";
+    let contact = "+15557650081";
+    let id = pair(&api, &fake, phone).await;
+    let mut sse = Sse::open(
+        &gw.base,
+        &format!("channel_id={id}&events=message.*"),
+        &keys.live,
+        None,
+    )
+    .await;
+
+    // An image with a caption.
+    let image = media_bytes(12_345, 1);
+    let mid = fake
+        .inbound_kind(
+            d(phone),
+            d(contact),
+            fakewa::InboundKind::Media {
+                kind: "image".into(),
+                data: image.clone(),
+                mime_type: "image/jpeg".into(),
+                caption: Some("look at this ✓".into()),
+                filename: None,
+                tamper: false,
+            },
+        )
+        .await
+        .expect("inbound image");
+    let got = received(&mut sse, &mid).await;
+    assert_eq!(got["type"], "image", "{got}");
+    assert_eq!(got["from"], contact);
+    assert_eq!(got["caption"], "look at this ✓");
+    let m = &got["media"];
+    assert_eq!(m["mime_type"], "image/jpeg", "{got}");
+    assert_eq!(m["size"], 12_345);
+    assert_eq!(m["sha256"], hex::encode(sha2::Sha256::digest(&image)));
+    assert!(m.get("error").is_none(), "{got}");
+    assert!(m["expires_at"].is_string(), "{got}");
+    let url = m["url"].as_str().expect("url");
+    assert!(url.starts_with("/v1/media/med_"), "{url}");
+    let (s, ct, bytes) = download(&gw.base, url).await;
+    assert_eq!((s, ct.as_str()), (200, "image/jpeg"));
+    assert!(bytes == image, "the link serves exactly the bytes sent");
+
+    // A document with a file name and a caption, sent through the fake's HTTP control API.
+    let pdf = media_bytes(4_000, 2);
+    let mid = contact_sends_media(
+        &fake,
+        phone,
+        contact,
+        json!({"type": "document", "data_base64": b64(&pdf), "mime_type": "application/pdf",
+               "filename": "report 2026.pdf", "caption": "the report"}),
+    )
+    .await;
+    let got = received(&mut sse, &mid).await;
+    assert_eq!(got["type"], "document", "{got}");
+    assert_eq!(got["caption"], "the report");
+    assert_eq!(got["media"]["filename"], "report 2026.pdf");
+    assert_eq!(got["media"]["mime_type"], "application/pdf");
+    assert_eq!(got["media"]["size"], 4_000);
+    let (s, _, bytes) = download(&gw.base, got["media"]["url"].as_str().expect("url")).await;
+    assert_eq!(s, 200);
+    assert!(bytes == pdf, "the document's bytes");
+
+    // Over the cap: delivered with what the message says of the media and the error; nothing stored.
+    let big = media_bytes(30_000, 3);
+    let big_mid = contact_sends_media(
+        &fake,
+        phone,
+        contact,
+        json!({"type": "image", "data_base64": b64(&big), "mime_type": "image/png", "caption": "too big"}),
+    )
+    .await;
+    let got = received(&mut sse, &big_mid).await;
+    assert_eq!(got["type"], "image", "{got}");
+    assert_eq!(got["caption"], "too big");
+    assert_eq!(got["media"]["url"], Value::Null, "{got}");
+    assert_eq!(got["media"]["error"]["code"], "too_large", "{got}");
+    assert_eq!(got["media"]["size"], 30_000);
+    assert_eq!(
+        got["media"]["sha256"],
+        hex::encode(sha2::Sha256::digest(&big))
+    );
+    assert!(
+        fake.wait_inbound_acked(d(phone), &big_mid, T)
+            .await
+            .expect("status"),
+        "acknowledged like any message"
+    );
+
+    // Corrupted on the media host: verification fails, the message still arrives.
+    let bad_mid = contact_sends_media(
+        &fake,
+        phone,
+        contact,
+        json!({"type": "video", "data_base64": b64(&media_bytes(3_000, 4)), "mime_type": "video/mp4",
+               "tamper": true}),
+    )
+    .await;
+    let got = received(&mut sse, &bad_mid).await;
+    assert_eq!(got["type"], "video", "{got}");
+    assert_eq!(got["media"]["url"], Value::Null, "{got}");
+    assert_eq!(got["media"]["error"]["code"], "download_failed", "{got}");
+
+    // The session is still up and the next text arrives.
+    let tid = fake
+        .inbound(d(phone), d(contact), "and a text after all that")
+        .await
+        .expect("inbound text");
+    let got = received(&mut sse, &tid).await;
+    assert_eq!(got["text"], "and a text after all that");
+    assert_eq!(api.channel(&id).await["status"], "connected");
+    assert_eq!(
+        inbound_media_rows(&db, &id).await,
+        2,
+        "only the image and the document are stored"
+    );
+    gw.stop().await;
+    db.drop_db().await;
+}
+
+/// The gateway dies after storing an inbound image and committing its `message.received`, before the ack. The
+/// next node gets the redelivery: the message is committed once, the bytes are stored once, and the link works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_media_crash_between_commit_and_ack_delivers_once() {
+    let db = TestDb::new();
+    let fake = fake().await;
+    let url = fake.ws_url();
+    let (a, live) = crashing_node(&db, &fake).await;
+    let api = Api::new(&a.base, &live);
+    let phone = "+15550008002";
+    let id = pair(&api, &fake, phone).await;
+    let image = media_bytes(9_000, 5);
+    let mid = fake
+        .inbound_kind(
+            d(phone),
+            "15557650082",
+            fakewa::InboundKind::Media {
+                kind: "image".into(),
+                data: image.clone(),
+                mime_type: "image/webp".into(),
+                caption: Some("before the crash".into()),
+                filename: None,
+                tamper: false,
+            },
+        )
+        .await
+        .expect("inbound image");
+    let status = a.exited(T).await;
+    assert!(!status.success(), "the injected crash: {status:?}");
+    let committed = events_of(&db, &id, "message.received").await;
+    assert_eq!(committed.len(), 1, "committed before the crash");
+    assert_eq!(
+        inbound_media_rows(&db, &id).await,
+        1,
+        "stored before the commit"
+    );
+    let st = fake.inbound_status(d(phone), &mid).await.expect("status");
+    assert!(st.acked_at_ms.is_none(), "not acknowledged: {st:?}");
+
+    let b = Proc::spawn(
+        &db,
+        "node-b",
+        &[
+            ("WHATISUP_WA_URL", url.as_str()),
+            ("WHATISUP_RECONNECT_MAX_ATTEMPTS", "1000"),
+        ],
+    )
+    .await;
+    assert!(
+        fake.wait_inbound_acked(d(phone), &mid, T)
+            .await
+            .expect("status"),
+        "the redelivered image is acknowledged"
+    );
+    let committed = events_of(&db, &id, "message.received").await;
+    assert_eq!(committed.len(), 1, "no duplicate: {committed:?}");
+    let got = &committed[0];
+    assert_eq!(got["message_id"], mid.as_str());
+    assert_eq!(got["type"], "image");
+    assert_eq!(got["caption"], "before the crash");
+    assert_eq!(inbound_media_rows(&db, &id).await, 1, "stored once");
+    let (s, ct, bytes) = download(&b.base, got["media"]["url"].as_str().expect("url")).await;
+    assert_eq!((s, ct.as_str()), (200, "image/webp"));
+    assert!(bytes == image);
+    let _ = b.terminate().await;
+    db.drop_db().await;
 }

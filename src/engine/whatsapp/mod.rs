@@ -8,6 +8,7 @@
 //! which is part of logging in, not a failure. A client is always disconnected before another is built for the
 //! same channel (no zombie clients).
 
+mod media_in;
 pub mod store;
 
 use std::sync::Arc;
@@ -59,6 +60,8 @@ pub struct WhatsAppEngine {
     keys: Arc<MasterKeys>,
     cfg: WhatsAppConfig,
     http: Arc<http::ReqwestHttp>,
+    /// Where inbound media is stored (and how its links are signed).
+    media: Arc<crate::media::Media>,
     /// Deletes consumed pending-inbound rows of all channels in batches; started with the first session.
     sweeper: std::sync::OnceLock<store::Sweeper>,
 }
@@ -70,6 +73,7 @@ impl WhatsAppEngine {
         pool: Pool,
         keys: Arc<MasterKeys>,
         cfg: WhatsAppConfig,
+        media: Arc<crate::media::Media>,
     ) -> anyhow::Result<WhatsAppEngine> {
         if cfg!(feature = "fake-whatsapp") {
             if !is_loopback_ws(&cfg.url) {
@@ -89,6 +93,7 @@ impl WhatsAppEngine {
             keys,
             cfg,
             http: Arc::new(http::ReqwestHttp::new()?),
+            media,
             sweeper: std::sync::OnceLock::new(),
         })
     }
@@ -146,6 +151,12 @@ impl Engine for WhatsAppEngine {
             store: store.clone(),
             cfg: self.cfg.clone(),
             http: self.http.clone(),
+            inbound_media: Arc::new(media_in::InboundMedia::new(
+                self.media.clone(),
+                self.pool.clone(),
+                req.channel_id.clone(),
+                self.http.clone(),
+            )),
             events: req.events,
         };
         tokio::spawn(async move {
@@ -363,6 +374,7 @@ struct Driver {
     store: Arc<store::PgStore>,
     cfg: WhatsAppConfig,
     http: Arc<http::ReqwestHttp>,
+    inbound_media: Arc<media_in::InboundMedia>,
     events: mpsc::Sender<EngineEvent>,
 }
 
@@ -410,6 +422,7 @@ impl Driver {
             })
             .with_inbound_durability_hook(CommitHook {
                 events: self.events.clone(),
+                media: self.inbound_media.clone(),
             })
             .build()
             .await?;
@@ -749,13 +762,14 @@ impl EventHandler for Forwarder {
 /// redelivers; the supervisor drops what it already committed.
 struct CommitHook {
     events: mpsc::Sender<EngineEvent>,
+    media: Arc<media_in::InboundMedia>,
 }
 
 #[async_trait]
 impl InboundDurabilityHook for CommitHook {
     async fn on_messages(
         &self,
-        _client: Arc<Client>,
+        client: Arc<Client>,
         batch: &[WaInbound],
     ) -> whatsapp_rust::anyhow::Result<()> {
         let mut messages = Vec::with_capacity(batch.len());
@@ -764,12 +778,22 @@ impl InboundDurabilityHook for CommitHook {
             if m.info.source.is_from_me {
                 continue;
             }
-            let Some(body) = body_of(&m.message) else {
-                continue;
+            let from = sender_of(&m.info);
+            // Media is downloaded and stored before the batch is committed (and so before the ack).
+            let body = match media_in::attachment(m.message.get_base_message()) {
+                Some(att) => self
+                    .media
+                    .body(&client, &from, &m.info.id, &att)
+                    .await
+                    .map_err(|e| whatsapp_rust::anyhow::anyhow!("{e:#}"))?,
+                None => match body_of(&m.message) {
+                    Some(body) => body,
+                    None => continue,
+                },
             };
             messages.push(InboundMessage {
                 message_id: m.info.id.to_string(),
-                from: sender_of(&m.info),
+                from,
                 timestamp: m.info.timestamp,
                 body,
             });
@@ -939,6 +963,52 @@ mod http {
         }
     }
 
+    /// Why [`ReqwestHttp::get_capped`] got no body.
+    pub enum Fetch {
+        /// The body is larger than the cap (reading stopped there).
+        TooLarge,
+        /// The server answered with this non-success status.
+        Status(u16),
+        Failed(String),
+    }
+
+    /// The URL to fetch. Test builds: the fake server announces a loopback media host and serves plain HTTP.
+    fn target(url: &str) -> String {
+        #[cfg(feature = "fake-whatsapp")]
+        if let Some(rest) = url.strip_prefix("https://")
+            && (rest.starts_with("127.0.0.1:")
+                || rest.starts_with("localhost:")
+                || rest.starts_with("[::1]:"))
+        {
+            return format!("http://{rest}");
+        }
+        url.to_string()
+    }
+
+    impl ReqwestHttp {
+        /// GETs a media URL, never holding more than `max` bytes of its body. Errors never name the URL (it
+        /// carries media credentials).
+        pub async fn get_capped(&self, url: &str, max: usize) -> Result<Vec<u8>, Fetch> {
+            let failed = |e: reqwest::Error| Fetch::Failed(e.without_url().to_string());
+            let mut resp = self.client.get(target(url)).send().await.map_err(failed)?;
+            let status = resp.status();
+            if !status.is_success() {
+                return Err(Fetch::Status(status.as_u16()));
+            }
+            if resp.content_length().is_some_and(|n| n > max as u64) {
+                return Err(Fetch::TooLarge);
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(failed)? {
+                if body.len() + chunk.len() > max {
+                    return Err(Fetch::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(body)
+        }
+    }
+
     #[async_trait]
     impl HttpClient for ReqwestHttp {
         async fn execute(
@@ -946,20 +1016,7 @@ mod http {
             request: HttpRequest,
         ) -> whatsapp_rust::anyhow::Result<HttpResponse> {
             let method = reqwest::Method::from_bytes(request.method.as_bytes())?;
-            // Test builds: the fake server announces a loopback media host and serves plain HTTP.
-            #[cfg(feature = "fake-whatsapp")]
-            let url = match request.url.strip_prefix("https://") {
-                Some(rest)
-                    if rest.starts_with("127.0.0.1:")
-                        || rest.starts_with("localhost:")
-                        || rest.starts_with("[::1]:") =>
-                {
-                    format!("http://{rest}")
-                }
-                _ => request.url.clone(),
-            };
-            #[cfg(not(feature = "fake-whatsapp"))]
-            let url = request.url.clone();
+            let url = target(&request.url);
             let mut req = self.client.request(method, &url);
             for (k, v) in &request.headers {
                 req = req.header(k, v);

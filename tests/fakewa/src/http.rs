@@ -29,7 +29,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/control/devices/{phone}/outdated", post(outdated))
         .route(
             "/control/devices/{phone}/inbound",
-            post(inbound).get(inbound_list),
+            post(inbound)
+                .get(inbound_list)
+                // Media arrives base64-encoded in the body.
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_MEDIA * 2)),
         )
         .route("/control/devices/{phone}/inbound/{id}", get(inbound_status))
         .route("/control/devices/{phone}/receipt", post(receipt))
@@ -238,6 +241,14 @@ struct InboundBody {
     /// Reaction: the message reacted to.
     message_id: Option<String>,
     emoji: Option<String>,
+    /// Media: the plaintext bytes, their type, and what the message says of them.
+    data_base64: Option<String>,
+    mime_type: Option<String>,
+    caption: Option<String>,
+    filename: Option<String>,
+    /// Media: corrupt the stored blob, so the recipient's verification fails.
+    #[serde(default)]
+    tamper: bool,
 }
 
 async fn inbound(
@@ -262,9 +273,23 @@ async fn inbound(
             message_id: b.message_id.ok_or_else(|| missing("message_id"))?,
             emoji: b.emoji.ok_or_else(|| missing("emoji"))?,
         },
+        Some(kind @ ("image" | "video" | "audio" | "document" | "sticker")) => {
+            use base64::Engine as _;
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(b.data_base64.ok_or_else(|| missing("data_base64"))?)
+                .map_err(|e| ControlError::BadRequest(format!("data_base64: {e}")))?;
+            crate::InboundKind::Media {
+                kind: kind.to_string(),
+                data,
+                mime_type: b.mime_type.ok_or_else(|| missing("mime_type"))?,
+                caption: b.caption,
+                filename: b.filename,
+                tamper: b.tamper,
+            }
+        }
         Some(other) => {
             return Err(ControlError::BadRequest(format!(
-                "unknown type `{other}`; try text, location or reaction"
+                "unknown type `{other}`; try text, location, reaction, image, video, audio, document or sticker"
             )));
         }
     };

@@ -39,7 +39,7 @@
 //! | `GET /control/devices/{phone}` | | [`DeviceInfo`] |
 //! | `POST /control/devices/{phone}/drop`, `…/logout`, `…/replace`, `…/outdated` | | `{"ok":true}` |
 //! | `POST /control/devices/{phone}/ban` | optional `{"expire_secs"}` (default a day) | `{"ok":true}` |
-//! | `POST /control/devices/{phone}/inbound` | `{"from","text"}` (+ `"corrupt":true`); `{"from","type":"location","latitude","longitude","name"?,"address"?}`; `{"from","type":"reaction","message_id","emoji"}` | `{"message_id"}` |
+//! | `POST /control/devices/{phone}/inbound` | `{"from","text"}` (+ `"corrupt":true`); `{"from","type":"location","latitude","longitude","name"?,"address"?}`; `{"from","type":"reaction","message_id","emoji"}`; `{"from","type":"image"\|"video"\|"audio"\|"document"\|"sticker","data_base64","mime_type","caption"?,"filename"?,"tamper"?}` | `{"message_id"}` |
 //! | `GET /control/devices/{phone}/inbound` | | `[InboundStatus]` |
 //! | `GET /control/devices/{phone}/inbound/{message_id}` | | [`InboundStatus`] |
 //! | `POST /control/devices/{phone}/receipt` | `{"message_id","status":"delivered"\|"read"}` | `{"ok":true}` |
@@ -255,6 +255,18 @@ pub enum InboundKind {
     /// A reaction to the message with WhatsApp id `message_id` (one the device sent, or any other id);
     /// an empty emoji removes it.
     Reaction { message_id: String, emoji: String },
+    /// An image, video, audio, document or sticker (`kind`): the bytes are encrypted with a fresh media key as a
+    /// WhatsApp client does before uploading, kept on the fake media host, and the message carries the URL,
+    /// direct path, media key and both hashes. `tamper` flips a byte of the stored blob after the hashes were
+    /// taken, so the recipient's verification must fail.
+    Media {
+        kind: String,
+        data: Vec<u8>,
+        mime_type: String,
+        caption: Option<String>,
+        filename: Option<String>,
+        tamper: bool,
+    },
 }
 
 /// What a fake contact reports about a message the client sent it.
@@ -386,7 +398,7 @@ impl FakeWa {
         self.shared.inbound(phone_number, from, text, false).await
     }
 
-    /// A location or a reaction from the fake contact `from`, delivered like [`Self::inbound`].
+    /// A location, a reaction or a media message from the fake contact `from`, delivered like [`Self::inbound`].
     pub async fn inbound_kind(
         &self,
         phone_number: &str,

@@ -967,7 +967,19 @@ impl Shared {
         from: &str,
         kind: crate::InboundKind,
     ) -> ControlResult<String> {
+        let mut text = String::new();
         let (name, message) = match kind {
+            crate::InboundKind::Media {
+                kind,
+                data,
+                mime_type,
+                caption,
+                filename,
+                tamper,
+            } => {
+                text = caption.clone().unwrap_or_default();
+                self.media_message(&kind, &data, mime_type, caption, filename, tamper)?
+            }
             crate::InboundKind::Location {
                 latitude,
                 longitude,
@@ -1009,8 +1021,127 @@ impl Shared {
                 )
             }
         };
-        self.inbound_message(phone, from, &message, "", Some(name), false)
+        self.inbound_message(phone, from, &message, &text, Some(name), false)
             .await
+    }
+
+    /// A media message as a WhatsApp client sends it: the bytes encrypted with a fresh media key, the blob on the
+    /// media host, and the message naming it.
+    fn media_message(
+        &self,
+        kind: &str,
+        data: &[u8],
+        mime_type: String,
+        caption: Option<String>,
+        filename: Option<String>,
+        tamper: bool,
+    ) -> ControlResult<(&'static str, wa::Message)> {
+        use whatsapp_rust::wacore::download::MediaType;
+        let (name, media_type) = match kind {
+            "image" => ("image", MediaType::Image),
+            "video" => ("video", MediaType::Video),
+            "audio" => ("audio", MediaType::Audio),
+            "document" => ("document", MediaType::Document),
+            "sticker" => ("sticker", MediaType::Sticker),
+            other => {
+                return Err(ControlError::BadRequest(format!(
+                    "unknown media type `{other}`"
+                )));
+            }
+        };
+        let enc = whatsapp_rust::wacore::upload::encrypt_media(data, media_type)
+            .map_err(|e| ControlError::Failed(format!("encrypting the media: {e:#}")))?;
+        let mut blob = enc.data_to_upload;
+        if tamper && let Some(b) = blob.get_mut(0) {
+            *b ^= 0x5a;
+        }
+        let direct_path = self.store_media(name, blob);
+        let url = format!("https://{}{direct_path}", self.media_host());
+        let (url, direct_path) = (Some(url), Some(direct_path));
+        let media_key = Some(enc.media_key.to_vec());
+        let file_sha256 = Some(enc.file_sha256.to_vec());
+        let file_enc_sha256 = Some(enc.file_enc_sha256.to_vec());
+        let file_length = Some(data.len() as u64);
+        let mimetype = Some(mime_type);
+        let media_key_timestamp = Some(now_secs() as i64);
+        let message = match name {
+            "image" => wa::Message {
+                image_message: MessageField::some(wa::message::ImageMessage {
+                    url,
+                    direct_path,
+                    media_key,
+                    file_sha256,
+                    file_enc_sha256,
+                    file_length,
+                    mimetype,
+                    media_key_timestamp,
+                    caption,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "video" => wa::Message {
+                video_message: MessageField::some(wa::message::VideoMessage {
+                    url,
+                    direct_path,
+                    media_key,
+                    file_sha256,
+                    file_enc_sha256,
+                    file_length,
+                    mimetype,
+                    media_key_timestamp,
+                    caption,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "audio" => wa::Message {
+                audio_message: MessageField::some(wa::message::AudioMessage {
+                    url,
+                    direct_path,
+                    media_key,
+                    file_sha256,
+                    file_enc_sha256,
+                    file_length,
+                    mimetype,
+                    media_key_timestamp,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "document" => wa::Message {
+                document_message: MessageField::some(wa::message::DocumentMessage {
+                    url,
+                    direct_path,
+                    media_key,
+                    file_sha256,
+                    file_enc_sha256,
+                    file_length,
+                    mimetype,
+                    media_key_timestamp,
+                    caption,
+                    title: filename.clone(),
+                    file_name: filename,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            _ => wa::Message {
+                sticker_message: MessageField::some(wa::message::StickerMessage {
+                    url,
+                    direct_path,
+                    media_key,
+                    file_sha256,
+                    file_enc_sha256,
+                    file_length,
+                    mimetype,
+                    media_key_timestamp,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        };
+        Ok((name, message))
     }
 
     async fn inbound_message(
