@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/whatisup/v1/webhooks.proto",
         "proto/whatisup/v1/messages.proto",
         "proto/whatisup/v1/media.proto",
+        "proto/whatisup/v1/audit.proto",
+        "proto/whatisup/v1/limits.proto",
     ];
     let mut prost_config = tonic_prost_build::Config::new();
     prost_config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);

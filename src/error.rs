@@ -109,6 +109,9 @@ impl Code {
     }
 }
 
+/// `google.rpc.ErrorInfo.domain` of every gRPC error.
+pub const DOMAIN: &str = "whatisup";
+
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub code: Code,
@@ -163,6 +166,12 @@ impl ApiError {
     }
 
     pub fn to_status(&self) -> tonic::Status {
+        self.to_status_as(self.code.grpc())
+    }
+
+    /// The gRPC status with `grpc` as its code (an unknown method is UNIMPLEMENTED, not NOT_FOUND), ErrorInfo
+    /// naming the contract's code, and RetryInfo when the client should wait.
+    pub fn to_status_as(&self, grpc: tonic::Code) -> tonic::Status {
         use tonic_types::{ErrorDetails, StatusExt};
         let mut metadata = std::collections::HashMap::new();
         for (k, v) in &self.details {
@@ -172,8 +181,50 @@ impl ApiError {
             };
             metadata.insert(k.clone(), v);
         }
-        let details = ErrorDetails::with_error_info(self.code.as_str(), "whatisup", metadata);
-        tonic::Status::with_error_details(self.code.grpc(), self.message.clone(), details)
+        let mut details = ErrorDetails::with_error_info(self.code.as_str(), DOMAIN, metadata);
+        if let Some(s) = self.retry_after {
+            details.set_retry_info(Some(std::time::Duration::from_secs(s)));
+        }
+        tonic::Status::with_error_details(grpc, self.message.clone(), details)
+    }
+
+    /// A status tonic made itself (before or around our handlers) as the contract's error, with the gRPC code
+    /// to answer. An undecodable message is the client's fault (INVALID_ARGUMENT, not tonic's INTERNAL).
+    pub fn from_tonic(code: tonic::Code, message: &str) -> (ApiError, tonic::Code) {
+        use tonic::Code as G;
+        let msg = |fallback: &str| {
+            if message.is_empty() {
+                fallback.to_string()
+            } else {
+                message.to_string()
+            }
+        };
+        match code {
+            G::Unimplemented => (
+                ApiError::new(Code::NotFound, msg("no such method")),
+                G::Unimplemented,
+            ),
+            G::Internal if message.contains("decode") || message.contains("compression") => {
+                let e = ApiError::invalid("body", format!("malformed request message: {message}"));
+                (e, G::InvalidArgument)
+            }
+            G::OutOfRange if message.contains("too large") => {
+                let e = ApiError::new(Code::PayloadTooLarge, msg("the message is too large"));
+                (e, Code::PayloadTooLarge.grpc())
+            }
+            G::InvalidArgument => (
+                ApiError::invalid("body", msg("invalid request")),
+                G::InvalidArgument,
+            ),
+            G::ResourceExhausted => (
+                ApiError::new(Code::RateLimited, msg("too many requests")),
+                G::ResourceExhausted,
+            ),
+            G::Unavailable | G::Cancelled | G::DeadlineExceeded => {
+                (ApiError::new(Code::Unavailable, msg("unavailable")), code)
+            }
+            _ => (ApiError::new(Code::Internal, msg("internal error")), code),
+        }
     }
 }
 

@@ -244,14 +244,17 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
 
 fn build_router(app: Arc<App>, stop: CancellationToken) -> anyhow::Result<axum::Router> {
     use crate::api::{
-        channels::ChannelGrpc, events::EventGrpc, keys::ApiKeyGrpc, messages::MessageGrpc,
-        sandbox::SandboxGrpc, webhooks::WebhookGrpc,
+        audit::AuditGrpc, audit::LimitsGrpc, channels::ChannelGrpc, events::EventGrpc,
+        keys::ApiKeyGrpc, messages::MessageGrpc, sandbox::SandboxGrpc, webhooks::WebhookGrpc,
     };
     use crate::pb::media_service_server::MediaServiceServer;
     use crate::pb::{
         api_key_service_server::ApiKeyServiceServer, channel_service_server::ChannelServiceServer,
         event_service_server::EventServiceServer, message_service_server::MessageServiceServer,
         sandbox_service_server::SandboxServiceServer, webhook_service_server::WebhookServiceServer,
+    };
+    use crate::pb::{
+        audit_service_server::AuditServiceServer, limits_service_server::LimitsServiceServer,
     };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     // Serving from the start: /readyz is the readiness check that also asks the database.
@@ -266,16 +269,32 @@ fn build_router(app: Arc<App>, stop: CancellationToken) -> anyhow::Result<axum::
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+    // A request message is held to the REST body cap (WHATISUP_MAX_BODY_BYTES), so both faces accept the same.
+    let max = app.cfg.max_body_bytes;
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ChannelServiceServer::new(ChannelGrpc(app.clone())))
-        .add_service(SandboxServiceServer::new(SandboxGrpc(app.clone())))
-        .add_service(EventServiceServer::new(EventGrpc(app.clone())))
-        .add_service(ApiKeyServiceServer::new(ApiKeyGrpc(app.clone())))
-        .add_service(WebhookServiceServer::new(WebhookGrpc(app.clone())))
-        .add_service(MessageServiceServer::new(MessageGrpc(app.clone())))
+        .add_service(
+            ChannelServiceServer::new(ChannelGrpc(app.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            SandboxServiceServer::new(SandboxGrpc(app.clone())).max_decoding_message_size(max),
+        )
+        .add_service(EventServiceServer::new(EventGrpc(app.clone())).max_decoding_message_size(max))
+        .add_service(
+            ApiKeyServiceServer::new(ApiKeyGrpc(app.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            WebhookServiceServer::new(WebhookGrpc(app.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            MessageServiceServer::new(MessageGrpc(app.clone())).max_decoding_message_size(max),
+        )
+        .add_service(AuditServiceServer::new(AuditGrpc(app.clone())).max_decoding_message_size(max))
+        .add_service(
+            LimitsServiceServer::new(LimitsGrpc(app.clone())).max_decoding_message_size(max),
+        )
         .add_service(
             // Uploads are one message: allow the media cap (plus the envelope).
             MediaServiceServer::new(api::media::MediaGrpc(app.clone()))
@@ -287,7 +306,7 @@ fn build_router(app: Arc<App>, stop: CancellationToken) -> anyhow::Result<axum::
         // grpc-web only around the gRPC routes: it answers 400 to every other HTTP/1.1 request.
         .layer(tonic_web::GrpcWebLayer::new())
         .merge(http::router(app.clone()))
-        .fallback(http::not_found)
+        .fallback(http::fallback)
         .layer(axum::Extension(http::Stopping(stop)))
         .layer(axum::middleware::from_fn_with_state(app, http::context));
     Ok(router)

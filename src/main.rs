@@ -136,8 +136,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     mode.as_str()
                 );
             }
-            let (row, secret) = store::keys::insert(
-                &client,
+            drop(client);
+            let (row, secret) = store::keys::create_audited(
+                &pool,
                 &keys,
                 &store::keys::NewKey {
                     customer_id: &customer_id,
@@ -146,6 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     channel_id: channel.as_deref(),
                     expires_at: None,
                 },
+                "cli",
             )
             .await?;
             eprintln!(

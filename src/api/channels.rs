@@ -16,6 +16,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status as GrpcStatus};
 
 const MAX_NAME: usize = 200;
+/// Largest page of `ListChannels`.
+pub const MAX_PAGE: u32 = 100;
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 
 fn audit(p: &Principal, action: &'static str, data: Value) -> Option<AuditEntry> {
@@ -114,11 +116,11 @@ impl App {
     ) -> ApiResult<pb::ListChannelsResponse> {
         let limit = match req.limit {
             0 => 20,
-            n @ 1..=100 => n as i64,
+            n @ 1..=MAX_PAGE => n as i64,
             _ => {
                 return Err(ApiError::invalid(
                     "limit",
-                    "limit must be between 1 and 100",
+                    format!("limit must be between 1 and {MAX_PAGE}"),
                 ));
             }
         };
@@ -378,6 +380,27 @@ impl App {
                 "the session is not running; connect first",
             ));
         }
+        // The request is the change (the session links by code instead of QR); the code itself is not recorded:
+        // it is a credential until it expires. The number is masked to its last digits.
+        let client = self.pool.get().await?;
+        let masked = format!(
+            "***{}",
+            &req.phone_number[req.phone_number.len().saturating_sub(4)..]
+        );
+        crate::store::audit::insert(
+            &client,
+            &crate::store::audit::Audit {
+                customer_id: &p.customer_id,
+                mode: Some(p.mode.as_str()),
+                actor: &actor(p),
+                action: "channel.pair_code_requested",
+                resource: &ch.id,
+                channel_id: Some(&ch.id),
+                data: json!({"phone_number": masked}),
+            },
+        )
+        .await?;
+        drop(client);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
             let ev = match tokio::time::timeout_at(deadline, rx.recv()).await {

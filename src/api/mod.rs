@@ -1,6 +1,7 @@
 //! The domain core and its gRPC faces. Every operation is one method on `App` taking the caller (`Principal`)
 //! and a proto request; gRPC (here) and REST (`crate::http`) are thin adapters over the same methods.
 
+pub mod audit;
 pub mod channels;
 pub mod events;
 pub mod keys;
@@ -241,6 +242,29 @@ impl RateLimiter {
             reset: Utc::now().timestamp() + to_full.ceil() as i64,
             retry_after,
         }
+    }
+
+    /// The key's bucket as it stands, without charging it.
+    pub fn peek(&self, key: &str) -> RateInfo {
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let tokens = match buckets.get(key) {
+            Some((tokens, at)) => {
+                (*tokens + at.elapsed().as_secs_f64() * self.per_sec).min(self.burst)
+            }
+            None => self.burst,
+        };
+        let to_full = (self.burst - tokens) / self.per_sec;
+        RateInfo {
+            limit: self.burst as u32,
+            remaining: tokens.floor() as i64,
+            reset: Utc::now().timestamp() + to_full.ceil() as i64,
+            retry_after: 0,
+        }
+    }
+
+    /// Tokens added per second.
+    pub fn per_sec(&self) -> f64 {
+        self.per_sec
     }
 
     pub fn idle(&self) -> RateInfo {

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 
-const MAX_KEY: usize = 255;
+pub const MAX_KEY: usize = 255;
 const TTL_SECS: i64 = 24 * 3600;
 /// How long a duplicate waits for the first request's answer.
 const WAIT: Duration = Duration::from_secs(10);

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+mod audit;
 mod dashboard;
 pub(crate) mod idempotency;
 mod webhooks;
@@ -102,18 +103,20 @@ pub async fn context(State(app): State<Arc<App>>, req: Request, next: Next) -> R
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
         h.insert("x-request-id", v);
     }
-    if !grpc {
-        let rate = ctx
-            .rate
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .unwrap_or_else(|| app.limiter.idle());
-        h.insert("x-ratelimit-limit", HeaderValue::from(rate.limit));
-        h.insert(
-            "x-ratelimit-remaining",
-            HeaderValue::from(rate.remaining.max(0)),
-        );
-        h.insert("x-ratelimit-reset", HeaderValue::from(rate.reset));
+    // gRPC and grpc-web too: there they arrive as response metadata.
+    let rate = ctx
+        .rate
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(|| app.limiter.idle());
+    h.insert("x-ratelimit-limit", HeaderValue::from(rate.limit));
+    h.insert(
+        "x-ratelimit-remaining",
+        HeaderValue::from(rate.remaining.max(0)),
+    );
+    h.insert("x-ratelimit-reset", HeaderValue::from(rate.reset));
+    if grpc {
+        grpc_error_details(h);
     }
     let status = resp.status().as_u16().to_string();
     app.metrics
@@ -121,6 +124,53 @@ pub async fn context(State(app): State<Arc<App>>, req: Request, next: Next) -> R
         .with_label_values(&[if grpc { "grpc" } else { "http" }, &route, &status])
         .observe(start.elapsed().as_secs_f64());
     resp
+}
+
+/// tonic answers some errors itself, without ErrorInfo: an unknown method of a known service, a message it cannot
+/// decode or that is over the size cap. Those come as trailers-only answers (the status in the headers); give them
+/// the contract's details like every other error.
+fn grpc_error_details(h: &mut HeaderMap) {
+    let code = match h.get("grpc-status") {
+        Some(v) if v.as_bytes() != b"0" => tonic::Code::from_bytes(v.as_bytes()),
+        _ => return,
+    };
+    if h.contains_key("grpc-status-details-bin") {
+        return;
+    }
+    let message = h
+        .get("grpc-message")
+        .map(|v| percent_decode(v.as_bytes()))
+        .unwrap_or_default();
+    let (e, code) = ApiError::from_tonic(code, &message);
+    h.remove("grpc-message");
+    if e.to_status_as(code).add_header(h).is_err() {
+        // Only a message that is not a valid header could fail; the original status stays.
+        tracing::warn!("could not add error details to a gRPC status");
+    }
+}
+
+/// `grpc-message` is percent-encoded (gRPC over HTTP/2, "Status-Message").
+fn percent_decode(b: &[u8]) -> String {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The authenticated caller; runs before the body is read, so a bad key is 401 whatever the body.
@@ -292,6 +342,8 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/webhook-deliveries/{id}/redeliver",
             post(webhooks::redeliver),
         )
+        .route("/v1/audit-events", get(audit::list_audit_events))
+        .route("/v1/limits", get(audit::get_limits))
         .merge(dashboard::router())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -511,6 +563,27 @@ async fn sandbox_outbound(
 
 pub async fn not_found() -> ApiError {
     ApiError::new(Code::NotFound, "no such route")
+}
+
+/// No route: the REST envelope, or for a gRPC call an UNIMPLEMENTED status (a client of an unknown service
+/// must not get an HTTP 404 it cannot read).
+pub async fn fallback(headers: HeaderMap) -> Response {
+    let grpc_ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .filter(|ct| ct.starts_with("application/grpc"))
+        .map(str::to_string);
+    match grpc_ct {
+        Some(ct) => {
+            let e = ApiError::new(Code::NotFound, "no such gRPC service or method");
+            let mut resp: Response = e.to_status_as(tonic::Code::Unimplemented).into_http();
+            if let Ok(v) = HeaderValue::from_str(&ct) {
+                resp.headers_mut().insert("content-type", v);
+            }
+            resp
+        }
+        None => not_found().await.into_response(),
+    }
 }
 
 async fn create_channel(

@@ -158,3 +158,31 @@ pub async fn revoke(
         .await?
         .map(|r| KeyRow::from_row(&r)))
 }
+
+/// A key made by an operator (`whatisup keys create`), recorded in the customer's audit log in the same
+/// transaction. The secret is returned (shown once), never recorded.
+pub async fn create_audited(
+    pool: &deadpool_postgres::Pool,
+    keys: &MasterKeys,
+    k: &NewKey<'_>,
+    actor: &str,
+) -> anyhow::Result<(KeyRow, String)> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let (row, secret) = insert(&tx, keys, k).await?;
+    super::audit::insert(
+        &tx,
+        &super::audit::Audit {
+            customer_id: k.customer_id,
+            mode: Some(k.mode.as_str()),
+            actor,
+            action: "api_key.created",
+            resource: &row.id,
+            channel_id: k.channel_id,
+            data: serde_json::json!({"name": k.name, "prefix": row.prefix}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((row, secret))
+}

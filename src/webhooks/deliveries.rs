@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+/// Largest page of `ListWebhookDeliveries`.
+pub const MAX_PAGE: u32 = 100;
 pub const STATUSES: [&str; 4] = ["pending", "retrying", "success", "failed"];
 /// Channel on which new due work is announced to every node's dispatcher.
 pub const NOTIFY_CHANNEL: &str = "whatisup_webhooks";
@@ -86,11 +88,11 @@ impl App {
         unscoped(p)?;
         let limit: i64 = match req.limit {
             0 => 50,
-            n @ 1..=100 => n as i64,
+            n @ 1..=MAX_PAGE => n as i64,
             _ => {
                 return Err(ApiError::invalid(
                     "limit",
-                    "limit must be between 1 and 100",
+                    format!("limit must be between 1 and {MAX_PAGE}"),
                 ));
             }
         };
@@ -196,19 +198,34 @@ impl App {
     ) -> ApiResult<pb::WebhookDelivery> {
         unscoped(p)?;
         let n = parse_id(id).ok_or_else(|| not_found(id))?;
-        let client = self.pool.get().await?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
         let sql = format!(
             "UPDATE webhook_deliveries SET status = 'pending', manual = true, next_attempt_at = now(), \
              locked_until = NULL, locked_by = NULL, updated_at = now() \
              WHERE id = $1 AND customer_id = $2 AND mode = $3 RETURNING {COLUMNS}"
         );
-        let row = client
+        let row = tx
             .query_opt(&sql, &[&n, &p.customer_id, &p.mode.as_str()])
             .await?
             .ok_or_else(|| not_found(id))?;
-        client
-            .execute("SELECT pg_notify('whatisup_webhooks', '')", &[])
+        tx.execute("SELECT pg_notify('whatisup_webhooks', '')", &[])
             .await?;
-        Ok(to_pb(&row))
+        let d = to_pb(&row);
+        crate::store::audit::insert(
+            &tx,
+            &crate::store::audit::Audit {
+                customer_id: &p.customer_id,
+                mode: Some(p.mode.as_str()),
+                actor: &format!("key:{}", p.key_id),
+                action: "webhook_delivery.redelivered",
+                resource: &d.id,
+                channel_id: Some(&d.channel_id),
+                data: serde_json::json!({"endpoint_id": d.endpoint_id, "event_id": d.event_id, "event": d.event}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(d)
     }
 }

@@ -86,6 +86,22 @@ pub fn not_found(id: &str) -> ApiError {
         .detail("endpoint_id", id)
 }
 
+/// The URL as the audit log keeps it: a password in it (`https://user:pass@host/…`) is left out.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
 /// A channel filter naming a channel the caller cannot see is a bad field, not a missing resource.
 fn channel_filter_error(e: ApiError) -> ApiError {
     match e.code {
@@ -286,7 +302,7 @@ impl App {
                 action,
                 resource: &row.id,
                 channel_id: row.channel_id.as_deref(),
-                data: json!({"url": row.url, "events": row.events, "enabled": row.enabled}),
+                data: json!({"url": redact_url(&row.url), "events": row.events, "enabled": row.enabled}),
             },
         )
         .await?;
@@ -463,9 +479,10 @@ impl App {
             .ok_or_else(|| ApiError::invalid("since", "since is required (RFC 3339 time)"))?
             .to_datetime()
             .ok_or_else(|| ApiError::invalid("since", "not a valid time"))?;
-        let client = self.pool.get().await?;
-        self.endpoint_visible(&client, p, &req.id, false).await?;
-        let n = client
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = self.endpoint_visible(&tx, p, &req.id, false).await?;
+        let n = tx
             .execute(
                 "UPDATE webhook_deliveries SET status = 'pending', round_attempts = 0, manual = false, \
                  next_attempt_at = now(), locked_until = NULL, locked_by = NULL, updated_at = now() \
@@ -474,10 +491,23 @@ impl App {
             )
             .await?;
         if n > 0 {
-            client
-                .execute("SELECT pg_notify('whatisup_webhooks', '')", &[])
+            tx.execute("SELECT pg_notify('whatisup_webhooks', '')", &[])
                 .await?;
         }
+        crate::store::audit::insert(
+            &tx,
+            &crate::store::audit::Audit {
+                customer_id: &p.customer_id,
+                mode: Some(p.mode.as_str()),
+                actor: &format!("key:{}", p.key_id),
+                action: "webhook_endpoint.recovered",
+                resource: &row.id,
+                channel_id: row.channel_id.as_deref(),
+                data: json!({"since": crate::wkt::rfc3339(since), "requeued": n}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
         Ok(pb::RecoverWebhookEndpointResponse { requeued: n })
     }
 }
@@ -502,6 +532,19 @@ pub fn active_keys(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_urls_keep_no_password() {
+        assert_eq!(
+            redact_url("https://bob:s3cret@hooks.example.com/x?y=1"),
+            "https://bob:***@hooks.example.com/x?y=1"
+        );
+        assert_eq!(
+            redact_url("https://hooks.example.com/a@b"),
+            "https://hooks.example.com/a@b"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
 
     #[test]
     fn event_filters() {

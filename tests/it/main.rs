@@ -1,9 +1,11 @@
 //! Black-box tests against real gateways, a real PostgreSQL and real HTTP/SSE/gRPC clients.
 
+mod audit;
 mod auth;
 mod cli;
 mod cluster;
 mod dashboard;
+mod faces;
 mod grpc;
 mod input;
 mod journal;
