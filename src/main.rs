@@ -4,6 +4,8 @@ use whatisup::config::Config;
 use whatisup::model::Mode;
 use whatisup::store;
 
+mod cli;
+
 #[derive(Parser)]
 #[command(
     name = "whatisup",
@@ -31,6 +33,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CustomersCmd,
     },
+    /// Client commands, talking to a running gateway over gRPC.
+    #[command(flatten)]
+    Client(cli::Command),
 }
 
 #[derive(Subcommand)]
@@ -86,6 +91,7 @@ async fn open(
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Client(cmd) => std::process::exit(cli::run(cmd).await),
         Cmd::Serve(config) => {
             whatisup::init_tracing(config.log_format);
             let listener = tokio::net::TcpListener::bind(&config.listen)

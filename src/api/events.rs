@@ -86,6 +86,9 @@ impl App {
     }
 }
 
+/// Response metadata of StreamEvents: the cursor the stream starts at (pass it as `after_cursor` to resume).
+pub const CURSOR_HEADER: &str = "whatisup-cursor";
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::StreamEventsResponse, GrpcStatus>> + Send>>;
 
 pub struct EventGrpc(pub Arc<App>);
@@ -105,6 +108,9 @@ impl pb::event_service_server::EventService for EventGrpc {
             .0
             .open_stream(&p, &req.channel_id, req.events, after)
             .await?;
+        // The start position goes out in the response headers, so a client that started live and loses the
+        // stream before its first event can still resume without a gap.
+        let position = sub.position();
         let guard = GaugeGuard::new(self.0.metrics.subscribers.with_label_values(&["grpc"]));
         let stream =
             futures::stream::unfold((sub, slot, guard), |(mut sub, slot, guard)| async move {
@@ -117,6 +123,10 @@ impl pb::event_service_server::EventService for EventGrpc {
                     .map_err(GrpcStatus::from);
                 Some((out, (sub, slot, guard)))
             });
-        Ok(Response::new(Box::pin(stream)))
+        let mut resp = Response::new(Box::pin(stream) as EventStream);
+        if let Ok(v) = position.to_string().parse() {
+            resp.metadata_mut().insert(CURSOR_HEADER, v);
+        }
+        Ok(resp)
     }
 }

@@ -57,6 +57,12 @@ impl Subscription {
         }
     }
 
+    /// The cursor this subscription stands at: before the first event, where it started (the hub's head when
+    /// live). Resuming after it later misses nothing this subscription would have delivered.
+    pub fn position(&self) -> i64 {
+        self.last
+    }
+
     pub async fn next(&mut self) -> Option<ApiResult<Shared>> {
         loop {
             if let Some(e) = self.buf.pop_front() {

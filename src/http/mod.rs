@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 mod audit;
 mod dashboard;
 pub(crate) mod idempotency;
+pub mod shape;
 mod webhooks;
 
 pub struct ReqCtx {
@@ -372,10 +373,7 @@ async fn send_message(
 ) -> ApiResult<(StatusCode, Out)> {
     req.channel_id = id;
     let r = app.send_message(&p, req).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(with_nulls(to_value(&r), &["client_ref"])),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(shape::send_response(&r))))
 }
 
 async fn get_message(
@@ -392,18 +390,7 @@ async fn get_message(
             },
         )
         .await?;
-    let mut v = with_nulls(to_value(&m), MESSAGE_NULLABLE);
-    // History entries show `error` only where there is one.
-    if let Some(h) = v.get_mut("history").and_then(|h| h.as_array_mut()) {
-        for e in h {
-            if let serde_json::Value::Object(o) = e
-                && o.get("error").is_some_and(|x| x.is_null())
-            {
-                o.remove("error");
-            }
-        }
-    }
-    Ok(Json(v))
+    Ok(Json(shape::message(&m)))
 }
 
 /// The raw body is the media, its Content-Type the media type (`?filename=` optional). Read as it streams in, and
@@ -456,10 +443,7 @@ async fn upload_media(
     let r = app
         .upload_media(&ch, &mime, filename.as_deref(), &data)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(with_nulls(to_value(&r), &["filename"])),
-    ))
+    Ok((StatusCode::CREATED, Json(shape::uploaded_media(&r))))
 }
 
 /// A signed media link: no API key (the token is the credential).
@@ -612,11 +596,7 @@ async fn list_channels(State(app): State<Arc<App>>, Auth(p): Auth, q: Q) -> ApiR
         cursor: q.get("cursor").cloned().unwrap_or_default(),
         status: q.get("status").cloned().unwrap_or_default(),
     };
-    let list = app.list_channels(&p, req).await?;
-    Ok(Json(serde_json::json!({
-        "data": list.data.iter().map(channel_json).collect::<Vec<_>>(),
-        "next_cursor": list.next_cursor,
-    })))
+    Ok(Json(shape::channels(&app.list_channels(&p, req).await?)))
 }
 
 async fn get_channel(
@@ -740,17 +720,11 @@ async fn create_key(
     JsonBody(req): JsonBody<pb::CreateApiKeyRequest>,
 ) -> ApiResult<(StatusCode, Out)> {
     let r = app.create_api_key(&p, req).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({"api_key": r.api_key.as_ref().map(key_json), "secret": r.secret})),
-    ))
+    Ok((StatusCode::CREATED, Json(shape::created_api_key(&r))))
 }
 
 async fn list_keys(State(app): State<Arc<App>>, Auth(p): Auth) -> ApiResult<Out> {
-    let r = app.list_api_keys(&p).await?;
-    Ok(Json(
-        serde_json::json!({"data": r.data.iter().map(key_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(shape::api_keys(&app.list_api_keys(&p).await?)))
 }
 
 async fn delete_key(

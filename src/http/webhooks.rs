@@ -14,11 +14,11 @@ const ENDPOINT_NULLABLE: &[&str] = &["channel_id", "disabled_reason"];
 const DELIVERY_NULLABLE: &[&str] = &["next_attempt_at", "last_http_status", "last_error"];
 const ATTEMPT_NULLABLE: &[&str] = &["http_status", "error", "response_excerpt"];
 
-fn endpoint_json(e: &pb::WebhookEndpoint) -> serde_json::Value {
+pub(super) fn endpoint_json(e: &pb::WebhookEndpoint) -> serde_json::Value {
     with_nulls(to_value(e), ENDPOINT_NULLABLE)
 }
 
-fn delivery_json(d: &pb::WebhookDelivery, with_attempts: bool) -> serde_json::Value {
+pub(super) fn delivery_json(d: &pb::WebhookDelivery, with_attempts: bool) -> serde_json::Value {
     let mut v = with_nulls(to_value(d), DELIVERY_NULLABLE);
     if let serde_json::Value::Object(m) = &mut v {
         if with_attempts {
@@ -46,11 +46,9 @@ pub async fn create_endpoint(
 }
 
 pub async fn list_endpoints(State(app): State<Arc<App>>, Auth(p): Auth) -> ApiResult<Out> {
-    let r = app.list_webhook_endpoints(&p).await?;
-    Ok(Json(serde_json::json!({
-        "data": r.data.iter().map(endpoint_json).collect::<Vec<_>>(),
-        "next_cursor": null,
-    })))
+    Ok(Json(super::shape::webhook_endpoints(
+        &app.list_webhook_endpoints(&p).await?,
+    )))
 }
 
 pub async fn get_endpoint(
@@ -160,11 +158,9 @@ pub async fn list_deliveries(State(app): State<Arc<App>>, Auth(p): Auth, q: Q) -
         limit,
         cursor: get("cursor"),
     };
-    let r = app.list_webhook_deliveries(&p, req).await?;
-    Ok(Json(serde_json::json!({
-        "data": r.data.iter().map(|d| delivery_json(d, false)).collect::<Vec<_>>(),
-        "next_cursor": r.next_cursor,
-    })))
+    Ok(Json(super::shape::webhook_deliveries(
+        &app.list_webhook_deliveries(&p, req).await?,
+    )))
 }
 
 pub async fn get_delivery(

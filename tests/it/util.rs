@@ -399,6 +399,11 @@ impl Proc {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
             l.local_addr().expect("addr").port()
         };
+        Proc::spawn_on(db, node_id, port, extra).await
+    }
+
+    /// On a given port (a restart that clients reconnect to).
+    pub async fn spawn_on(db: &TestDb, node_id: &str, port: u16, extra: &[(&str, &str)]) -> Proc {
         let data_dir = std::env::temp_dir().join("whatisup-tests");
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_whatisup"));
         cmd.arg("serve")
