@@ -187,7 +187,10 @@ async fn control_loop(
     }
 }
 
-fn collect(mut r: impl AsyncRead + Unpin + Send + 'static, into: Arc<Mutex<Vec<u8>>>) {
+fn collect(
+    mut r: impl AsyncRead + Unpin + Send + 'static,
+    into: Arc<Mutex<Vec<u8>>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut buf = [0u8; 8192];
         while let Ok(n) = r.read(&mut buf).await {
@@ -198,7 +201,7 @@ fn collect(mut r: impl AsyncRead + Unpin + Send + 'static, into: Arc<Mutex<Vec<u
                 .unwrap_or_else(|e| e.into_inner())
                 .extend_from_slice(&buf[..n]);
         }
-    });
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,15 +239,19 @@ async fn python_client_suite() {
         .spawn()
         .expect("run pytest");
     let output = Arc::new(Mutex::new(Vec::new()));
-    collect(child.stdout.take().expect("stdout"), output.clone());
-    collect(child.stderr.take().expect("stderr"), output.clone());
+    let readers = [
+        collect(child.stdout.take().expect("stdout"), output.clone()),
+        collect(child.stderr.take().expect("stderr"), output.clone()),
+    ];
     let status = tokio::time::timeout(SUITE_LIMIT, child.wait()).await;
     if status.is_err() {
         let _ = child.start_kill();
         let _ = child.wait().await;
     }
-    // The readers finish once the pipes close.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The readers finish once the pipes close (a grandchild holding them open cannot stall the test).
+    for r in readers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+    }
     controller.abort();
     let controlled = controller.await;
     let text =
