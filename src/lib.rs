@@ -166,6 +166,16 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         vec![sandbox, whatsapp],
         metrics.clone(),
     );
+    {
+        let client = pool.get().await?;
+        let stale = store::leases::expire_node(&client, &node.id).await?;
+        if stale > 0 {
+            tracing::info!(
+                sessions = stale,
+                "resuming the sessions a previous process with this node id left"
+            );
+        }
+    }
     let app = Arc::new(App::new(
         cfg.clone(),
         pool.clone(),

@@ -33,6 +33,23 @@ pub async fn claim(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// Expires the leases left under `node_id` by an earlier process with the same node id (WHATISUP_NODE_ID kept
+/// across a crash): nothing runs those sessions now, and `renew` would keep them alive for ever, so they would
+/// never be resumed. Called at start, before this process runs any session; the scan then takes them back.
+pub async fn expire_node(
+    db: &impl GenericClient,
+    node_id: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    db.execute(
+        // Locked in channel_id order, like every multi-row locker of leases.
+        "UPDATE session_leases l SET expires_at = now() - interval '1 millisecond'
+           FROM (SELECT channel_id FROM session_leases WHERE node_id = $1 ORDER BY channel_id FOR UPDATE) o
+          WHERE l.channel_id = o.channel_id",
+        &[&node_id],
+    )
+    .await
+}
+
 /// Extends every lease this node holds; returns what it still holds.
 pub async fn renew(
     db: &impl GenericClient,
