@@ -11,7 +11,8 @@ export interface StreamEventsOptions {
   /** Event names, "message.*" style wildcards allowed; empty: all. */
   events?: string[];
   /** Resume after this cursor (a StreamedEvent.cursor you stored). "0" replays the whole retained log; left out,
-   * the stream starts live. */
+   * the stream starts live (and, until a first event gives it a cursor, a reconnect starts live again: pass a
+   * cursor when nothing may be missed). */
   since?: string;
   /** Ends the iteration (no error) when aborted. */
   signal?: AbortSignal;
