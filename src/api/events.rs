@@ -102,6 +102,13 @@ impl pb::event_service_server::EventService for EventGrpc {
         r: Request<pb::StreamEventsRequest>,
     ) -> Result<Response<EventStream>, GrpcStatus> {
         let p = self.0.authenticate_grpc(&r).await?;
+        // Set on every route by the router: at shutdown the stream ends (UNAVAILABLE, resume from the last
+        // cursor) so the server can drain and clients move on at once, as SSE streams do.
+        let stop = r
+            .extensions()
+            .get::<crate::http::Stopping>()
+            .map(|s| s.0.clone())
+            .unwrap_or_default();
         let req = r.into_inner();
         let after = (!req.after_cursor.is_empty()).then_some(req.after_cursor.as_str());
         let (sub, slot) = self
@@ -112,17 +119,31 @@ impl pb::event_service_server::EventService for EventGrpc {
         // stream before its first event can still resume without a gap.
         let position = sub.position();
         let guard = GaugeGuard::new(self.0.metrics.subscribers.with_label_values(&["grpc"]));
-        let stream =
-            futures::stream::unfold((sub, slot, guard), |(mut sub, slot, guard)| async move {
-                let item = sub.next().await?;
+        let stream = futures::stream::unfold(
+            (sub, slot, guard, stop, false),
+            |(mut sub, slot, guard, stop, done)| async move {
+                if done {
+                    return None;
+                }
+                let item = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => {
+                        let e = ApiError::unavailable(
+                            "the gateway is shutting down; resume from the last cursor",
+                        );
+                        return Some((Err(GrpcStatus::from(e)), (sub, slot, guard, stop, true)));
+                    }
+                    item = sub.next() => item?,
+                };
                 let out = item
                     .map(|e| pb::StreamEventsResponse {
                         event: Some(e.to_pb()),
                         cursor: e.id.to_string(),
                     })
                     .map_err(GrpcStatus::from);
-                Some((out, (sub, slot, guard)))
-            });
+                Some((out, (sub, slot, guard, stop, false)))
+            },
+        );
         let mut resp = Response::new(Box::pin(stream) as EventStream);
         if let Ok(v) = position.to_string().parse() {
             resp.metadata_mut().insert(CURSOR_HEADER, v);
