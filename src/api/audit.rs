@@ -62,6 +62,13 @@ impl App {
             if v.len() > MAX_FILTER {
                 return Err(ApiError::invalid(field, format!("{field} is too long")));
             }
+            // PostgreSQL refuses a NUL in text: a 400 here, not a 500 from the query.
+            if v.chars().any(char::is_control) {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("{field} has control characters"),
+                ));
+            }
         }
         if let Some(bound) = &p.channel_id
             && !req.channel_id.is_empty()
@@ -79,7 +86,10 @@ impl App {
             "" => None,
             c => {
                 let bad = || ApiError::invalid("cursor", "not a cursor from a previous page");
-                if !c.starts_with("aud_") || c.len() > 64 {
+                if !c.starts_with("aud_")
+                    || c.len() > 64
+                    || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
                     return Err(bad());
                 }
                 let row = client

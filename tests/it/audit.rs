@@ -280,6 +280,9 @@ async fn audit_log_records_every_change_and_is_isolated() {
         ("limit=201", "limit"),
         ("limit=x", "limit"),
         ("cursor=nope", "cursor"),
+        ("cursor=aud_%00", "cursor"),
+        ("action=a%00b", "action"),
+        ("channel_id=%01", "channel_id"),
         ("cursor=aud_01JZZZZZZZZZZZZZZZZZZZZZZZ", "cursor"),
     ] {
         let (s, e) = api.get(&format!("/v1/audit-events?{q}")).await;
