@@ -263,3 +263,15 @@ test("api keys and media", async () => {
   assert.match(m.messageId, /^msg_/);
   assert.ok(API_KEY.startsWith("zpk_test_"));
 });
+
+test("pair code: requested for a number, the simulated phone pairs as that number", async () => {
+  const c = client();
+  const ch = await c.channels.create({ name: "ts-pair" });
+  await assert.rejects(c.channels.pairCode(ch.id, "5551234"), (e) => e instanceof InvalidRequestError && e.details.field === "phone_number");
+  const pc = await c.channels.pairCode(ch.id, "+15557654321");
+  assert.match(pc.code, /^.{4}-.{4}$/);
+  assert.ok(pc.expiresAt);
+  await c.sandbox.scan(ch.id);
+  const got = await waitStatus(c, ch.id, "connected");
+  assert.equal(got.phoneNumber, "+15557654321");
+});

@@ -11,7 +11,7 @@ test("README example runs", async () => {
   const block = /```js\n([\s\S]*?)```/.exec(readme);
   assert.ok(block, "README.md has a ```js example");
   // Inside the package, so `import "@whatisup/client"` resolves to this build (package self-reference).
-  const file = fileURLToPath(new URL("../dist/readme-example.mjs", import.meta.url));
+  const file = fileURLToPath(new URL("./.readme-example.mjs", import.meta.url));
   writeFileSync(file, block[1]);
   const out = await new Promise((resolve, reject) => {
     execFile(
