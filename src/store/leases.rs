@@ -50,7 +50,9 @@ pub async fn expire_node(
     .await
 }
 
-/// Extends every lease this node holds; returns what it still holds.
+/// Extends every unexpired lease this node holds; returns what it still holds. An expired lease is not revived:
+/// after a crash and a restart under the same node id, `expire_node` marks the dead process's leases expired and
+/// the scan must be the one to take them back (reviving them here raced with the scan and left sessions orphaned).
 pub async fn renew(
     db: &impl GenericClient,
     node_id: &str,
@@ -61,7 +63,8 @@ pub async fn renew(
             // Rows are locked in channel_id order, as every multi-row locker of leases does (the journal's
             // fence check included): no lock-order deadlock.
             "UPDATE session_leases l SET expires_at = now() + make_interval(secs => $2::bigint / 1000.0)
-               FROM (SELECT channel_id FROM session_leases WHERE node_id = $1 ORDER BY channel_id FOR UPDATE) o
+               FROM (SELECT channel_id FROM session_leases WHERE node_id = $1 AND expires_at > now()
+                      ORDER BY channel_id FOR UPDATE) o
               WHERE l.channel_id = o.channel_id RETURNING l.channel_id, l.token",
             &[&node_id, &ttl_ms(ttl)],
         )
