@@ -515,6 +515,89 @@ async fn client_commands_against_a_running_gateway() {
         "{tailed:?}"
     );
 
+    // --media-file uploads through MediaService.UploadMedia, then sends by media_id.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let photo = dir.path().join("photo.jpg");
+    let bytes: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&photo, &bytes).expect("write photo");
+    let photo = photo.to_str().expect("utf-8 path");
+    let o = cli(
+        base,
+        key,
+        &[
+            "send",
+            &id,
+            "--to",
+            "+15550001111",
+            "--image",
+            "--media-file",
+            photo,
+            "--caption",
+            "look",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let media_msg = o.json()["message_id"]
+        .as_str()
+        .expect("message_id")
+        .to_string();
+    let o = cli(base, key, &["messages", "get", &id, &media_msg, "--json"]).await;
+    let m = o.json();
+    assert_eq!(
+        (m["type"].as_str(), m["caption"].as_str()),
+        (Some("image"), Some("look")),
+        "{m}"
+    );
+    assert_eq!(m["media"]["mime_type"], "image/jpeg");
+    assert_eq!(m["media"]["size"], bytes.len());
+    let o = cli(base, key, &["send", &id, "--to", "+15550001111", "--image"]).await;
+    assert_eq!(o.code, 2, "an image needs a source: {}", o.stderr);
+
+    let o = cli(
+        base,
+        key,
+        &[
+            "send",
+            &id,
+            "--to",
+            "+15550001111",
+            "--location",
+            "-33.92,18.42",
+            "--name",
+            "Cape Town",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let loc = o.json()["message_id"]
+        .as_str()
+        .expect("message_id")
+        .to_string();
+    let m = cli(base, key, &["messages", "get", &id, &loc, "--json"])
+        .await
+        .json();
+    assert_eq!(m["location"]["latitude"], -33.92, "{m}");
+    let o = cli(
+        base,
+        key,
+        &[
+            "send",
+            &id,
+            "--to",
+            "+15550001111",
+            "--react",
+            &msg,
+            "--emoji",
+            "👍",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.starts_with("msg_"), "{}", o.stdout);
+
     // The whole log of the channel from cursor 0, in order, the same as SSE replays it.
     let mut sse = Sse::open(base, &format!("channel_id={id}"), key, Some("0")).await;
     let frames = sse.until(T, |f| f.event == "message.sent").await;
