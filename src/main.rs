@@ -31,6 +31,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CustomersCmd,
     },
+    /// Print the OpenAPI 3.1 document of the REST API (what GET /openapi.json serves); needs no database.
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -86,6 +88,11 @@ async fn open(
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Openapi => {
+            let doc = whatisup::http::openapi::document().map_err(anyhow::Error::msg)?;
+            print!("{doc}");
+            Ok(())
+        }
         Cmd::Serve(config) => {
             whatisup::init_tracing(config.log_format);
             let listener = tokio::net::TcpListener::bind(&config.listen)

@@ -4,12 +4,14 @@ mod auth;
 mod cli;
 mod cluster;
 mod dashboard;
+mod fuzz;
 mod grpc;
 mod input;
 mod journal;
 mod lifecycle;
 mod media;
 mod messages;
+mod openapi;
 mod restart;
 mod util;
 #[cfg(feature = "fake-whatsapp")]
