@@ -31,6 +31,33 @@ pub enum Code {
 }
 
 impl Code {
+    /// Every code (the OpenAPI document lists them).
+    pub const ALL: &[Code] = &[
+        Code::InvalidRequest,
+        Code::AuthMissing,
+        Code::AuthMalformed,
+        Code::AuthInvalid,
+        Code::AuthExpired,
+        Code::ChannelAccessDenied,
+        Code::ChannelScopedKey,
+        Code::ChannelNotFound,
+        Code::MessageNotFound,
+        Code::ApiKeyNotFound,
+        Code::WebhookEndpointNotFound,
+        Code::DeliveryNotFound,
+        Code::NotFound,
+        Code::InvalidLifecycleTransition,
+        Code::NotConnected,
+        Code::NoQr,
+        Code::NotSandbox,
+        Code::ConcurrentModification,
+        Code::IdempotencyConflict,
+        Code::PayloadTooLarge,
+        Code::RateLimited,
+        Code::Internal,
+        Code::Unavailable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Code::InvalidRequest => "invalid_request",

@@ -33,6 +33,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CustomersCmd,
     },
+    /// Print the OpenAPI 3.1 document of the REST API (what GET /openapi.json serves); needs no database.
+    Openapi,
     /// Client commands, talking to a running gateway over gRPC.
     #[command(flatten)]
     Client(cli::Command),
@@ -91,6 +93,11 @@ async fn open(
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Openapi => {
+            let doc = whatisup::http::openapi::document().map_err(anyhow::Error::msg)?;
+            print!("{doc}");
+            Ok(())
+        }
         Cmd::Client(cmd) => std::process::exit(cli::run(cmd).await),
         Cmd::Serve(config) => {
             whatisup::init_tracing(config.log_format);

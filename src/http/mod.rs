@@ -13,7 +13,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, request::Parts};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 mod audit;
 mod dashboard;
 pub(crate) mod idempotency;
+pub mod openapi;
 pub mod shape;
 mod webhooks;
 
@@ -302,60 +303,84 @@ fn query(q: Q) -> ApiResult<HashMap<String, String>> {
         .map_err(|_| ApiError::invalid("query", "malformed query string"))
 }
 
+/// The REST routes, remembering the paths they were registered under: a test holds them against
+/// `openapi::ROUTES`, so the document and the router cannot drift apart.
+pub(crate) struct RestRoutes {
+    router: Router<Arc<App>>,
+    pub(crate) paths: Vec<&'static str>,
+}
+
+impl RestRoutes {
+    fn route(mut self, path: &'static str, method: MethodRouter<Arc<App>>) -> Self {
+        self.paths.push(path);
+        self.router = self.router.route(path, method);
+        self
+    }
+}
+
+pub(crate) fn rest_routes() -> RestRoutes {
+    RestRoutes {
+        router: Router::new(),
+        paths: Vec::new(),
+    }
+    .route("/v1/channels", post(create_channel).get(list_channels))
+    .route("/v1/channels/{id}", get(get_channel).delete(delete_channel))
+    .route("/v1/channels/{id}/connect", post(connect_channel))
+    .route("/v1/channels/{id}/logout", post(logout_channel))
+    .route("/v1/channels/{id}/qr", get(get_qr))
+    .route("/v1/channels/{id}/pair-code", post(pair_code))
+    .route("/v1/channels/{id}/sandbox/{action}", post(sandbox))
+    .route("/v1/channels/{id}/sandbox/outbound", get(sandbox_outbound))
+    .route("/v1/channels/{id}/messages", post(send_message))
+    .route("/v1/channels/{id}/messages/{message_id}", get(get_message))
+    .route("/v1/channels/{id}/media", post(upload_media))
+    .route("/v1/media/{token}", get(get_media))
+    .route("/v1/events", get(events))
+    .route("/v1/api-keys", post(create_key).get(list_keys))
+    .route("/v1/api-keys/{id}", axum::routing::delete(delete_key))
+    .route(
+        "/v1/webhook-endpoints",
+        post(webhooks::create_endpoint).get(webhooks::list_endpoints),
+    )
+    .route(
+        "/v1/webhook-endpoints/{id}",
+        get(webhooks::get_endpoint)
+            .patch(webhooks::update_endpoint)
+            .delete(webhooks::delete_endpoint),
+    )
+    .route(
+        "/v1/webhook-endpoints/{id}/rotate-secret",
+        post(webhooks::rotate_secret),
+    )
+    .route(
+        "/v1/webhook-endpoints/{id}/recover",
+        post(webhooks::recover),
+    )
+    .route("/v1/webhook-deliveries", get(webhooks::list_deliveries))
+    .route("/v1/webhook-deliveries/{id}", get(webhooks::get_delivery))
+    .route(
+        "/v1/webhook-deliveries/{id}/redeliver",
+        post(webhooks::redeliver),
+    )
+    .route("/v1/audit-events", get(audit::list_audit_events))
+    .route("/v1/limits", get(audit::get_limits))
+    .route("/openapi.json", get(openapi::serve))
+    .route("/healthz", get(|| async { "ok\n" }))
+    .route("/readyz", get(readyz))
+    .route("/metrics", get(metrics))
+}
+
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/v1/channels", post(create_channel).get(list_channels))
-        .route("/v1/channels/{id}", get(get_channel).delete(delete_channel))
-        .route("/v1/channels/{id}/connect", post(connect_channel))
-        .route("/v1/channels/{id}/logout", post(logout_channel))
-        .route("/v1/channels/{id}/qr", get(get_qr))
-        .route("/v1/channels/{id}/pair-code", post(pair_code))
-        .route("/v1/channels/{id}/sandbox/{action}", post(sandbox))
-        .route("/v1/channels/{id}/sandbox/outbound", get(sandbox_outbound))
-        .route("/v1/channels/{id}/messages", post(send_message))
-        .route("/v1/channels/{id}/messages/{message_id}", get(get_message))
-        .route("/v1/channels/{id}/media", post(upload_media))
-        .route("/v1/media/{token}", get(get_media))
-        .route("/v1/events", get(events))
-        .route("/v1/api-keys", post(create_key).get(list_keys))
-        .route("/v1/api-keys/{id}", axum::routing::delete(delete_key))
-        .route(
-            "/v1/webhook-endpoints",
-            post(webhooks::create_endpoint).get(webhooks::list_endpoints),
-        )
-        .route(
-            "/v1/webhook-endpoints/{id}",
-            get(webhooks::get_endpoint)
-                .patch(webhooks::update_endpoint)
-                .delete(webhooks::delete_endpoint),
-        )
-        .route(
-            "/v1/webhook-endpoints/{id}/rotate-secret",
-            post(webhooks::rotate_secret),
-        )
-        .route(
-            "/v1/webhook-endpoints/{id}/recover",
-            post(webhooks::recover),
-        )
-        .route("/v1/webhook-deliveries", get(webhooks::list_deliveries))
-        .route("/v1/webhook-deliveries/{id}", get(webhooks::get_delivery))
-        .route(
-            "/v1/webhook-deliveries/{id}/redeliver",
-            post(webhooks::redeliver),
-        )
-        .route("/v1/audit-events", get(audit::list_audit_events))
-        .route("/v1/limits", get(audit::get_limits))
+    rest_routes()
+        .router
         .merge(dashboard::router())
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .method_not_allowed_fallback(|| async {
             let mut e = ApiError::new(Code::InvalidRequest, "method not allowed on this path");
             e.details.insert("field".into(), "method".into());
-            (
-                StatusCode::METHOD_NOT_ALLOWED,
-                e.into_response().into_body(),
-            )
+            // The envelope's own answer (with its Content-Type), under 405.
+            let mut resp = e.into_response();
+            *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            resp
         })
         // Every POST route above, and any added later, honours Idempotency-Key.
         .layer(axum::middleware::from_fn_with_state(

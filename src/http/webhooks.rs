@@ -135,7 +135,8 @@ pub async fn recover(
         .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({"requeued": r.requeued})),
+        // pbjson: uint64 is a string in proto3 JSON, as the document and the gRPC face say.
+        Json(to_value(&r)),
     ))
 }
 

@@ -6,12 +6,14 @@ mod cli;
 mod cluster;
 mod dashboard;
 mod faces;
+mod fuzz;
 mod grpc;
 mod input;
 mod journal;
 mod lifecycle;
 mod media;
 mod messages;
+mod openapi;
 mod restart;
 mod util;
 #[cfg(feature = "fake-whatsapp")]

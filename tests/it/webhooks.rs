@@ -888,7 +888,7 @@ async fn receiver_down_then_up_and_recover() {
             json!({"since": whatisup::wkt::rfc3339(since)}),
         )
         .await;
-    assert_eq!((s, &r["requeued"]), (202, &json!(1)), "{r}");
+    assert_eq!((s, &r["requeued"]), (202, &json!("1")), "{r}");
     short
         .until("the recovered delivery", |l| !l.is_empty())
         .await;
