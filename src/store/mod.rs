@@ -64,6 +64,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "inbound_media_ref",
         include_str!("../../migrations/0013_inbound_media_ref.sql"),
     ),
+    (
+        14,
+        "webhook_endpoint_due",
+        include_str!("../../migrations/0014_webhook_endpoint_due.sql"),
+    ),
 ];
 
 /// Serialises migrations (and the first-start bootstrap) across nodes starting together.

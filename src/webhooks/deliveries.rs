@@ -18,6 +18,9 @@ pub const NOTIFY_CHANNEL: &str = "whatisup_webhooks";
 /// `INSERT … SELECT` of one delivery per (event in `source`, matching enabled endpoint of the same customer
 /// and mode). `source` is a relation with columns id, event_id, event, channel_id, customer_id, mode. Filters
 /// match as `events::matches` does: empty = all, exact name, or `prefix*`.
+/// Rows go in event by event: the rows of one batch share their `next_attempt_at`, and among equal keys the due
+/// index returns them in table order, which is then the order claims see (endpoint by endpoint, a join's
+/// natural output, gave one host a whole claim).
 pub fn fanout_sql(source: &str) -> String {
     format!(
         "INSERT INTO webhook_deliveries (endpoint_id, event_row, event_id, event, channel_id, customer_id, mode)
@@ -27,7 +30,8 @@ pub fn fanout_sql(source: &str) -> String {
          AND (w.channel_id IS NULL OR w.channel_id = s.channel_id)
          AND (cardinality(w.events) = 0 OR s.event = ANY(w.events)
               OR EXISTS (SELECT 1 FROM unnest(w.events) p
-                         WHERE right(p, 1) = '*' AND starts_with(s.event, left(p, -1))))"
+                         WHERE right(p, 1) = '*' AND starts_with(s.event, left(p, -1))))
+        ORDER BY s.id, w.id"
     )
 }
 

@@ -87,6 +87,16 @@ struct Host {
     endpoints: Mutex<HashSet<String>>,
 }
 
+/// What the claims must respect: see [`Dispatcher::saturation`].
+#[derive(Default)]
+struct Saturation {
+    excluded: Vec<String>,
+    room: usize,
+    open: usize,
+    room_ids: Vec<String>,
+    rooms: Vec<i64>,
+}
+
 pub struct Dispatcher {
     pool: Pool,
     settings: Arc<Settings>,
@@ -104,13 +114,14 @@ pub struct Dispatcher {
 /// transaction): a claim lost to a database crash only means the row is not leased, so it is claimed and sent
 /// again (at-least-once, as the contract says). Under I/O load that flush took ~10 ms of every delivery's latency.
 /// Attempts and outcomes (the recorder) stay synchronous.
-const CLAIM_SQL: &str = "WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true) AS off),
-    due AS (
-        SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.enabled
-        WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= now()
-          AND (d.locked_until IS NULL OR d.locked_until < now()) AND NOT (d.endpoint_id = ANY($4::text[]))
-        ORDER BY d.next_attempt_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED),
-    claimed AS (
+///
+/// `due` is the choice of rows; the rest (lease them, read what sending needs) is shared by both claims.
+macro_rules! claim_sql {
+    ($due:literal) => {
+        concat!(
+            "WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true) AS off), ",
+            $due,
+            ", claimed AS (
         UPDATE webhook_deliveries d SET locked_until = now() + $2::int8 * interval '1 millisecond', locked_by = $3
         FROM due WHERE d.id = due.id
         RETURNING d.id, d.endpoint_id, d.event_row, d.round_attempts, d.manual)
@@ -119,7 +130,65 @@ const CLAIM_SQL: &str = "WITH lazy AS (SELECT set_config('synchronous_commit', '
         CASE WHEN w.old_secret_expires_at > now() THEN w.old_secret_sealed END,
         e.event_id, e.event, e.channel_id, e.sequence, e.occurred_at, e.data
     FROM claimed c JOIN webhook_endpoints w ON w.id = c.endpoint_id JOIN events e ON e.id = c.event_row
-        CROSS JOIN lazy";
+        CROSS JOIN lazy"
+        )
+    };
+}
+
+/// No host is saturated: the oldest due rows along the due index (O(batch + rows in flight)), at most what each
+/// endpoint's host has room for ($4/$5: the endpoints this node knows and their host's room; others $6). Rows of
+/// one journal batch share their `next_attempt_at`, and a plain `ORDER BY … LIMIT` took them in heap order, often a
+/// run of one endpoint's rows: one host got the whole claim, most of it was handed back (deferred 200 ms) and the
+/// host counted as saturated. So a window of 4× the batch is ranked per endpoint and taken round by round.
+const CLAIM_SQL: &str = claim_sql!(
+    "win AS (
+        SELECT d.id, d.endpoint_id, d.next_attempt_at
+        FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.enabled
+        WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= now()
+          AND (d.locked_until IS NULL OR d.locked_until < now())
+        ORDER BY d.next_attempt_at LIMIT $1::int8 * 4),
+    ranked AS (
+        SELECT id, endpoint_id, next_attempt_at,
+            row_number() OVER (PARTITION BY endpoint_id ORDER BY next_attempt_at, id) AS round
+        FROM win),
+    pick AS (
+        SELECT k.id FROM ranked k LEFT JOIN unnest($4::text[], $5::int8[]) AS r(endpoint_id, room)
+            ON r.endpoint_id = k.endpoint_id
+        WHERE k.round <= coalesce(r.room, $6) ORDER BY k.round, k.next_attempt_at LIMIT $1),
+    due AS (
+        SELECT d.id FROM webhook_deliveries d
+        WHERE d.id IN (SELECT id FROM pick) AND d.status IN ('pending', 'retrying')
+          AND (d.locked_until IS NULL OR d.locked_until < now())
+        FOR UPDATE OF d SKIP LOCKED)"
+);
+
+/// Some hosts are saturated ($7: their endpoints). Walking the due index past their rows made every claim
+/// O(their backlog): a saturated host is one that falls behind, so its rows gather at the head of the index.
+/// Instead each other enabled endpoint gives its oldest due rows (at most its host's room, as above) along
+/// `webhook_deliveries_endpoint_due` (O(endpoints + batch)); they are taken round by round (every endpoint's
+/// oldest first) so no endpoint starves the others, then locked and re-checked.
+/// The candidates use `status NOT IN ('success', 'failed')`, the predicate of that index, and not `IN
+/// ('pending', 'retrying')`: with the latter the planner prefers the due index, whose rows it believes spread
+/// evenly over endpoints, and scans the very backlog this query exists to avoid. The lock re-checks the status.
+const CLAIM_FAIR_SQL: &str = claim_sql!(
+    "cand AS (
+        SELECT c.id, c.next_attempt_at,
+            row_number() OVER (PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at, c.id) AS round
+        FROM webhook_endpoints w
+            LEFT JOIN unnest($4::text[], $5::int8[]) AS r(endpoint_id, room) ON r.endpoint_id = w.id
+            CROSS JOIN LATERAL (
+                SELECT d.id, d.endpoint_id, d.next_attempt_at FROM webhook_deliveries d
+                WHERE d.endpoint_id = w.id AND d.status NOT IN ('success', 'failed') AND d.next_attempt_at <= now()
+                  AND (d.locked_until IS NULL OR d.locked_until < now())
+                ORDER BY d.next_attempt_at LIMIT coalesce(r.room, $6)) c
+        WHERE w.enabled AND NOT (w.id = ANY($7::text[]))),
+    pick AS (SELECT id FROM cand ORDER BY round, next_attempt_at LIMIT $1),
+    due AS (
+        SELECT d.id FROM webhook_deliveries d
+        WHERE d.id IN (SELECT id FROM pick) AND d.status IN ('pending', 'retrying')
+          AND (d.locked_until IS NULL OR d.locked_until < now())
+        FOR UPDATE OF d SKIP LOCKED)"
+);
 
 impl Dispatcher {
     pub fn new(
@@ -184,22 +253,23 @@ impl Dispatcher {
                     continue;
                 }
             }
-            let (excluded, room, open) = self.saturation();
-            // Every known host is saturated: a claim can only find rows of endpoints this node has not seen, and
-            // it scans past the whole backlog of the excluded ones to find them (a scan per drained half-cap,
-            // the cost that bounded one busy receiver). Such rows come with a wake (new work) or the poll.
-            let claim = open > 0 || excluded.is_empty() || news;
+            let sat = self.saturation();
+            let (room, open) = (sat.room, sat.open);
+            // Every known host is saturated: a claim can only find rows of endpoints this node has not seen (a
+            // probe of every enabled endpoint, for nothing as a rule). Such rows come with a wake (new work) or
+            // the poll.
+            let claim = open > 0 || sat.excluded.is_empty() || news;
             news = false;
             let n = free.min(CLAIM_MAX).min(room.max(1));
             let token: Arc<str> = format!("{}/{}", self.node_id, ulid::Ulid::new()).into();
             let claimed = if claim {
-                self.claim(n, &token, &excluded).await
+                self.claim(n, &token, &sat).await
             } else {
                 Ok(Vec::new())
             };
             match claimed {
                 Ok(rows) => {
-                    let full = rows.len() == n;
+                    let got = rows.len();
                     let mut deferred = Vec::new();
                     for row in rows {
                         let Some(host) = self.host_slot(&row.url, &row.endpoint_id) else {
@@ -227,7 +297,9 @@ impl Dispatcher {
                     }
                     if !deferred.is_empty() {
                         self.defer(&deferred, &token).await;
-                    } else if full {
+                    } else if got > 0 {
+                        // Fewer than asked may still leave due rows: the claim takes at most each host's room
+                        // from a window of the queue. Only an empty claim means nothing is due for now.
                         continue;
                     }
                 }
@@ -250,34 +322,32 @@ impl Dispatcher {
         self.settings.per_host * HOST_BACKLOG
     }
 
-    /// The endpoints of saturated hosts (not to be claimed now), and how many rows the unsaturated hosts this
-    /// node knows can still take (what a claim should not exceed, so that little is handed back).
-    /// Also how many known hosts are open.
-    fn saturation(&self) -> (Vec<String>, usize, usize) {
+    /// The endpoints of saturated hosts (not to be claimed now), how many rows the unsaturated hosts this node
+    /// knows can still take (what a claim should not exceed, so that little is handed back), each such host's
+    /// room by endpoint, and how many known hosts are open.
+    fn saturation(&self) -> Saturation {
         let cap = self.cap();
         let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        let mut excluded = Vec::new();
-        let mut room = 0;
-        let mut open = 0;
+        let mut sat = Saturation::default();
         for h in hosts.values() {
+            let endpoints = h.endpoints.lock().unwrap_or_else(|e| e.into_inner());
             if h.saturated.load(Ordering::Acquire) {
-                excluded.extend(
-                    h.endpoints
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .iter()
-                        .cloned(),
-                );
+                sat.excluded.extend(endpoints.iter().cloned());
             } else {
-                open += 1;
-                room += cap.saturating_sub(h.held.load(Ordering::Acquire));
+                sat.open += 1;
+                let room = cap.saturating_sub(h.held.load(Ordering::Acquire));
+                sat.room += room;
+                for ep in endpoints.iter() {
+                    sat.room_ids.push(ep.clone());
+                    sat.rooms.push(room as i64);
+                }
             }
         }
         // No known host with room: a claim may still find endpoints this node has not seen yet.
-        if open == 0 {
-            room = cap;
+        if sat.open == 0 {
+            sat.room = cap;
         }
-        (excluded, room, open)
+        sat
     }
 
     /// The host's slot, counted as held; None when the host is saturated.
@@ -334,19 +404,27 @@ impl Dispatcher {
         }
     }
 
-    async fn claim(
-        &self,
-        n: usize,
-        token: &str,
-        excluded: &[String],
-    ) -> anyhow::Result<Vec<Claimed>> {
+    async fn claim(&self, n: usize, token: &str, sat: &Saturation) -> anyhow::Result<Vec<Claimed>> {
         let client = self.pool.get().await?;
         // Outlives the attempt and its recording; a claim of a node that died is due again after it.
         let lease_ms = (self.settings.timeout + LEASE_MARGIN).as_millis() as i64;
-        let stmt = client.prepare_cached(CLAIM_SQL).await?;
-        let rows = client
-            .query(&stmt, &[&(n as i64), &lease_ms, &token, &excluded])
-            .await?;
+        // An endpoint of a host this node has not seen yet gives at most what a host may hold.
+        let cap = self.cap() as i64;
+        let (n, ids, rooms) = (n as i64, &sat.room_ids, &sat.rooms);
+        let rows = if sat.excluded.is_empty() {
+            let stmt = client.prepare_cached(CLAIM_SQL).await?;
+            client
+                .query(&stmt, &[&n, &lease_ms, &token, ids, rooms, &cap])
+                .await?
+        } else {
+            let stmt = client.prepare_cached(CLAIM_FAIR_SQL).await?;
+            client
+                .query(
+                    &stmt,
+                    &[&n, &lease_ms, &token, ids, rooms, &cap, &sat.excluded],
+                )
+                .await?
+        };
         Ok(rows
             .iter()
             .map(|r| {

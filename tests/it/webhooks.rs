@@ -943,6 +943,58 @@ async fn receiver_down_then_up_and_recover() {
     db.drop_db().await;
 }
 
+/// A slow receiver fills its host's share (per-host cap 1, so 4 held) and its host is saturated; the claims that
+/// skip it (the per-endpoint claim) keep feeding the fast receiver, which gets everything while the slow one is
+/// still working through its backlog; the slow one then gets every delivery too, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_does_not_hold_back_the_others() {
+    let db = TestDb::new();
+    let mut cfg = webhook_config(&db);
+    cfg.webhook_per_host = 1;
+    let gw = Gw::start(cfg).await;
+    let k = gw.customer("acme").await;
+    let api = Api::new(&gw.base, &k.test);
+    let slow = Receiver::start().await;
+    slow.default(Act::Sleep(Duration::from_millis(700)));
+    let fast = Receiver::start().await;
+    let (slow_ep, _) = create_endpoint(
+        &api,
+        json!({"url": slow.url(), "events": ["message.received"]}),
+    )
+    .await;
+    let (fast_ep, _) = create_endpoint(
+        &api,
+        json!({"url": fast.url(), "events": ["message.received"]}),
+    )
+    .await;
+    let ch = api.connected_channel("slow").await;
+    const N: usize = 24;
+    for i in 0..N {
+        inbound(&api, &ch, &format!("m{i}")).await;
+    }
+    fast.until("every delivery at the fast receiver", |l| l.len() >= N)
+        .await;
+    // One request at a time, 0.7 s each: the slow receiver needs ≈17 s for its share.
+    assert!(
+        slow.log().len() < N,
+        "the fast receiver finished only after the slow one"
+    );
+    let log = slow
+        .until("every delivery at the slow receiver", |l| l.len() >= N)
+        .await;
+    let ids: std::collections::HashSet<String> = log
+        .iter()
+        .map(|r| r.json()["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), N, "each event once");
+    for ep in [&slow_ep, &fast_ep] {
+        let d = deliveries_settled(&api, ep, N).await;
+        assert!(d.iter().all(|d| d["status"] == "success"), "{d:#?}");
+    }
+    gw.stop().await;
+    db.drop_db().await;
+}
+
 /// An endpoint failing for longer than the window (shortened) is disabled with `webhook_endpoint.disabled`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_endpoint_is_disabled_after_the_window() {
