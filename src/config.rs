@@ -93,6 +93,10 @@ pub struct Config {
     /// Name shown on the phone's list of linked devices.
     #[arg(long, env = "WHATISUP_WA_DEVICE_NAME", default_value = "whatisup")]
     pub wa_device_name: String,
+    /// Key-store writes of all sessions that overlap in time share one transaction (each still durable when it
+    /// returns). Off: one transaction per write, as the crate's own stores do (the benchmark's baseline).
+    #[arg(long, env = "WHATISUP_WA_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub wa_group_commit: bool,
     /// Webhooks: delays between attempts after the first (each ±20 % jitter); an endpoint may set its own.
     #[arg(
         long,

@@ -155,6 +155,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
             url: cfg.wa_url.clone(),
             version: cfg.wa_version()?,
             device_name: cfg.wa_device_name.clone(),
+            group_commit: cfg.wa_group_commit,
         },
         media.clone(),
     )?);

@@ -271,6 +271,7 @@ async fn resume_engine_alone(
             url: fake.ws_url(),
             version: (2, 3000, 1042742319),
             device_name: "whatisup".into(),
+            group_commit: true,
         },
         std::sync::Arc::new(media),
     )

@@ -10,7 +10,7 @@ use wacore::appstate::processor::AppStateMutationMAC;
 use wacore::store::traits::*;
 use wacore::store::{CachedNoiseCert, CachedServerCertChain, Device, InMemoryBackend};
 use whatisup::crypto::MasterKeys;
-use whatisup::engine::whatsapp::store::{PgStore, Sweeper, TABLES, wipe};
+use whatisup::engine::whatsapp::store::{GroupCommit, PgStore, Sweeper, TABLES, wipe};
 use whatsapp_rust::bytes::Bytes;
 use whatsapp_rust::wacore;
 
@@ -907,6 +907,16 @@ async fn wa_store_matches_in_memory() {
         assert_eq!(g, e, "PgStore differs from InMemoryBackend");
     }
     assert_eq!(got.0.len(), expected.0.len());
+    // The same with the engine's group committer (every single write through a shared transaction).
+    channel(&pool, "ch_conf_group").await;
+    let grouped = PgStore::new(pool.clone(), keys(KEY_A, &[]), "ch_conf_group")
+        .with_group_commit(GroupCommit::new(pool.clone()));
+    let mut got_grouped = Log(Vec::new());
+    scenario(&grouped, &mut got_grouped).await;
+    assert_eq!(
+        got_grouped.0, expected.0,
+        "grouped PgStore differs from InMemoryBackend"
+    );
 
     // Spot checks that the shared answers are the right ones, not merely equal.
     let line = |prefix: &str| {
@@ -976,6 +986,90 @@ async fn wa_store_matches_in_memory() {
 /// With the engine's sweeper, deletes of pending-inbound rows land late: the store answers as if they had
 /// happened at once (the same conformance log), the rows do leave the database, and a late delete never removes
 /// a newer row stored under the same key meanwhile.
+/// Writes of many channels at once share transactions: all land, each is readable once its call returns, a write
+/// that fails (its channel row does not exist) fails alone without costing the others theirs, and a writer
+/// cancelled mid-group leaves nobody waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_shares_transactions_and_isolates_failures() {
+    let (db, pool) = setup().await;
+    let groups = GroupCommit::new(pool.clone());
+    let k = keys(KEY_A, &[]);
+    const CHANNELS: usize = 40;
+    const WRITES: usize = 10;
+    for c in 0..CHANNELS {
+        channel(&pool, &format!("ch_g{c}")).await;
+    }
+    let mut tasks = Vec::new();
+    for c in 0..CHANNELS {
+        let store = PgStore::new(pool.clone(), k.clone(), &format!("ch_g{c}"))
+            .with_group_commit(groups.clone());
+        tasks.push(tokio::spawn(async move {
+            for w in 0..WRITES {
+                let addr = format!("{w}@s.whatsapp.net");
+                store.put_identity(&addr, [w as u8; 32]).await.unwrap();
+                // Durable and visible as soon as the call returns.
+                assert_eq!(
+                    store.load_identity(&addr).await.unwrap(),
+                    Some([w as u8; 32])
+                );
+            }
+        }));
+    }
+    // A channel without its row: its writes violate the foreign key, in the middle of the others'.
+    let orphan =
+        PgStore::new(pool.clone(), k.clone(), "ch_missing").with_group_commit(groups.clone());
+    let orphan_task = tokio::spawn(async move {
+        let mut errors = 0;
+        for w in 0..WRITES {
+            if orphan
+                .put_identity(&format!("{w}@s.whatsapp.net"), [9; 32])
+                .await
+                .is_err()
+            {
+                errors += 1;
+            }
+        }
+        errors
+    });
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        orphan_task.await.unwrap(),
+        WRITES,
+        "every orphan write fails"
+    );
+    let c = pool.get().await.unwrap();
+    let rows: i64 = c
+        .query_one(
+            "SELECT count(*) FROM wa_identities WHERE channel_id LIKE 'ch_g%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, (CHANNELS * WRITES) as i64);
+
+    // Cancelled writers: the groups they were in end anyway and later writes go through.
+    let store =
+        Arc::new(PgStore::new(pool.clone(), k.clone(), "ch_g0").with_group_commit(groups.clone()));
+    for i in 0..20u8 {
+        let s = store.clone();
+        let t = tokio::spawn(async move { s.put_identity("cancel@s.whatsapp.net", [i; 32]).await });
+        if i % 2 == 0 {
+            t.abort();
+        }
+    }
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        store.put_identity("after@s.whatsapp.net", [1; 32]),
+    )
+    .await
+    .expect("a write after cancelled ones does not hang")
+    .unwrap();
+    db.drop_db().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_inbound_deletes_land_late() {
     let (db, pool) = setup().await;

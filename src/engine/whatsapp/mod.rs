@@ -40,6 +40,7 @@ use super::{
 };
 use crate::crypto::MasterKeys;
 use whatsapp_rust::store::traits::Backend;
+use whatsapp_rust::wacore::store::traits::DeviceStore as _;
 
 /// Lifecycle events the crate may emit between two polls of the driver; far more than one connection produces.
 const RAW_QUEUE: usize = 1_024;
@@ -53,6 +54,8 @@ pub struct WhatsAppConfig {
     pub url: String,
     pub version: (u32, u32, u32),
     pub device_name: String,
+    /// Share key-store write transactions across sessions (see `store::GroupCommit`).
+    pub group_commit: bool,
 }
 
 pub struct WhatsAppEngine {
@@ -64,6 +67,7 @@ pub struct WhatsAppEngine {
     media: Arc<crate::media::Media>,
     /// Deletes consumed pending-inbound rows of all channels in batches; started with the first session.
     sweeper: std::sync::OnceLock<store::Sweeper>,
+    groups: std::sync::OnceLock<store::GroupCommit>,
 }
 
 impl WhatsAppEngine {
@@ -95,6 +99,7 @@ impl WhatsAppEngine {
             http: Arc::new(http::ReqwestHttp::new()?),
             media,
             sweeper: std::sync::OnceLock::new(),
+            groups: std::sync::OnceLock::new(),
         })
     }
 }
@@ -128,12 +133,20 @@ impl Engine for WhatsAppEngine {
             .sweeper
             .get_or_init(|| store::Sweeper::spawn(self.pool.clone()))
             .clone();
-        let store = Arc::new(store::PgStore::with_sweeper(
+        let mut store = store::PgStore::with_sweeper(
             self.pool.clone(),
             self.keys.clone(),
             &req.channel_id,
             sweeper,
-        ));
+        );
+        if self.cfg.group_commit {
+            let groups = self
+                .groups
+                .get_or_init(|| store::GroupCommit::new(self.pool.clone()))
+                .clone();
+            store = store.with_group_commit(groups);
+        }
+        let store = Arc::new(store);
         if req.state.is_none() {
             // No persisted session: whatever the store still holds for this channel belongs to an unlinked device.
             store::wipe(&self.pool, &req.channel_id)
@@ -432,15 +445,50 @@ impl Driver {
     /// The device is linked: make it durable, then tell the supervisor (phone number and the state marker).
     async fn announce_paired(&self, client: &Arc<Client>, jid: &Jid) {
         // Durable before we say so: a restart from here on resumes this device instead of pairing again.
-        if let Err(e) = client.persistence_manager().flush().await {
-            tracing::warn!(channel_id = %self.shared.channel_id, error = %e, "flushing the paired device failed");
-        }
+        self.settle_device(client).await;
         self.emit(EngineEvent::Paired {
             phone_number: e164(jid),
         })
         .await;
         self.emit(EngineEvent::StateChanged { state: marker(jid) })
             .await;
+    }
+
+    /// Makes the stored device the one the client holds (its identity: phone number, LID, account signature).
+    /// A flush alone is not enough: every device change wakes the crate's background saver, which takes the
+    /// dirty flag and then writes; a flush that comes in between finds nothing dirty and returns before that
+    /// write has landed. A client built right after (the login that follows the 515) then loaded the device as
+    /// it was before the pairing and showed a QR code again: 1–3 of 5 channels, with release builds of the
+    /// gateway and the fake server, whose 515 comes quickly. So: flush, read back, and write the client's device
+    /// ourselves until the store holds it.
+    async fn settle_device(&self, client: &Arc<Client>) {
+        let channel_id = &self.shared.channel_id;
+        let pm = client.persistence_manager();
+        for attempt in 0..20u32 {
+            if let Err(e) = pm.flush().await {
+                tracing::warn!(%channel_id, error = %e, "flushing the device failed");
+            }
+            let want = pm.get_device_snapshot();
+            match self.store.load().await {
+                Ok(Some(have))
+                    if have.pn == want.pn
+                        && have.lid == want.lid
+                        && have.account.is_some() == want.account.is_some() =>
+                {
+                    return;
+                }
+                Ok(_) if attempt > 0 => {
+                    tracing::debug!(%channel_id, attempt, "the stored device lags the client's; writing it");
+                    if let Err(e) = self.store.save(&want).await {
+                        tracing::warn!(%channel_id, error = %e, "saving the device failed");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%channel_id, error = %e, "reading the device back failed"),
+            }
+            tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt + 1))).await;
+        }
+        tracing::warn!(%channel_id, "the stored device still differs from the client's");
     }
 
     async fn run_client(&self) -> RunEnd {
@@ -493,6 +541,7 @@ impl Driver {
                     if st.paired && !st.connected {
                         // Make sure the new identity is on disk before the next client loads it.
                         client.disconnect().await;
+                        self.settle_device(&client).await;
                         return RunEnd::LoginRestart;
                     }
                     return RunEnd::Lost(st.detail.take().unwrap_or_else(|| {

@@ -13,6 +13,7 @@
 //! client's signal durability protocol relies on.
 
 mod app_sync;
+mod group;
 mod inbound;
 mod msg_secret;
 mod protocol;
@@ -33,6 +34,7 @@ use wacore::store::error::{Result, StoreError};
 use wacore::store::traits::DeviceStore;
 use whatsapp_rust::wacore;
 
+pub use group::GroupCommit;
 pub use inbound::Sweeper;
 
 /// Every table of the store, for [`wipe`]. The conformance suite checks it against the database catalogue.
@@ -68,6 +70,8 @@ pub struct PgStore {
     ledger: Arc<inbound::Ledger>,
     /// None: pending-inbound deletes happen at once.
     sweeper: Option<Sweeper>,
+    /// None: every write is a transaction of its own.
+    groups: Option<GroupCommit>,
 }
 
 /// Closes a store for good. The client keeps detached tasks (a pre-key upload, a write-behind flush) that can
@@ -78,10 +82,23 @@ struct Gate {
     in_flight: std::sync::atomic::AtomicUsize,
 }
 
+/// One operation in flight on its store (see `retire_and_wipe`).
+struct Entered {
+    gate: Arc<Gate>,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        self.gate
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// A pooled connection that counts as one operation in flight on its store.
 pub(crate) struct Conn {
     obj: Object,
-    gate: Arc<Gate>,
+    _entered: Entered,
 }
 
 impl std::ops::Deref for Conn {
@@ -94,14 +111,6 @@ impl std::ops::Deref for Conn {
 impl std::ops::DerefMut for Conn {
     fn deref_mut(&mut self) -> &mut Object {
         &mut self.obj
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.gate
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -145,7 +154,14 @@ impl PgStore {
             gate: Arc::default(),
             ledger: Arc::default(),
             sweeper: None,
+            groups: None,
         }
+    }
+
+    /// Shares single-statement writes' transactions with other stores' through `groups` (see `group`).
+    pub fn with_group_commit(mut self, groups: GroupCommit) -> PgStore {
+        self.groups = Some(groups);
+        self
     }
 
     /// A store whose consumed pending-inbound rows are deleted late by `sweeper` (the engine's; see `inbound`).
@@ -184,18 +200,12 @@ impl PgStore {
         wipe(&self.pool, &self.channel_id).await
     }
 
-    async fn client(&self, op: &'static str) -> Result<Conn> {
+    /// Counts an operation in flight, then refuses it if the store is closed.
+    fn enter(&self, op: &'static str) -> Result<Entered> {
         use std::sync::atomic::Ordering::SeqCst;
         // Counted before the check, so that retire_and_wipe either sees this operation or this one sees it.
         self.gate.in_flight.fetch_add(1, SeqCst);
-        let gate = Conn {
-            obj: match self.pool.get().await {
-                Ok(o) => o,
-                Err(e) => {
-                    self.gate.in_flight.fetch_sub(1, SeqCst);
-                    return Err(conn_err(op)(e));
-                }
-            },
+        let entered = Entered {
             gate: self.gate.clone(),
         };
         if self.gate.retired.load(SeqCst) {
@@ -204,16 +214,32 @@ impl PgStore {
                 "the device was logged out; its store is closed",
             ));
         }
-        Ok(gate)
+        Ok(entered)
     }
 
-    /// Runs one prepared statement and returns the affected row count.
+    async fn client(&self, op: &'static str) -> Result<Conn> {
+        let entered = self.enter(op)?;
+        Ok(Conn {
+            obj: self.pool.get().await.map_err(conn_err(op))?,
+            _entered: entered,
+        })
+    }
+
+    /// Runs one prepared statement and returns the affected row count; durable when it returns. With a group
+    /// committer, in a transaction shared with the writes of other channels that overlap it (see `group`).
     async fn exec(
         &self,
         op: &'static str,
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64> {
+        if let Some(groups) = &self.groups {
+            let _entered = self.enter(op)?;
+            if let Ok(n) = groups.execute(sql, params).await {
+                return Ok(n);
+            }
+            // Rolled back or no group: nothing of it was written; write it alone (and see its own error, if any).
+        }
         let client = self.client(op).await?;
         let stmt = client.prepare_cached(sql).await.map_err(db_err(op))?;
         client.execute(&stmt, params).await.map_err(db_err(op))
