@@ -1070,6 +1070,34 @@ async fn group_commit_shares_transactions_and_isolates_failures() {
     db.drop_db().await;
 }
 
+/// The crate's background saver can write the device as it was before the pairing after the pairing's own save:
+/// a device without a phone number never replaces a linked one, until the store is wiped (logout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlinked_device_never_replaces_a_linked_one() {
+    let (db, pool) = setup().await;
+    channel(&pool, "ch_link").await;
+    let store = PgStore::new(pool.clone(), keys(KEY_A, &[]), "ch_link");
+    let unlinked = Device::new();
+    store.save(&unlinked).await.unwrap();
+    assert!(store.load().await.unwrap().unwrap().pn.is_none());
+    let mut linked = unlinked.clone();
+    linked.pn = Some("5511999990000:3@s.whatsapp.net".parse().unwrap());
+    store.save(&linked).await.unwrap();
+    // The late write of the pre-pairing device is dropped.
+    store.save(&unlinked).await.unwrap();
+    assert_eq!(store.load().await.unwrap().unwrap().pn, linked.pn);
+    // A new store (a restart) that loaded the linked device keeps the rule.
+    let again = PgStore::new(pool.clone(), keys(KEY_A, &[]), "ch_link");
+    assert_eq!(again.load().await.unwrap().unwrap().pn, linked.pn);
+    again.save(&unlinked).await.unwrap();
+    assert_eq!(again.load().await.unwrap().unwrap().pn, linked.pn);
+    // After a wipe (logout) an unlinked device is stored again.
+    again.wipe().await.unwrap();
+    again.save(&unlinked).await.unwrap();
+    assert!(again.load().await.unwrap().unwrap().pn.is_none());
+    db.drop_db().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_inbound_deletes_land_late() {
     let (db, pool) = setup().await;

@@ -72,6 +72,8 @@ pub struct PgStore {
     sweeper: Option<Sweeper>,
     /// None: every write is a transaction of its own.
     groups: Option<GroupCommit>,
+    /// A linked device (one with a phone number) was stored or loaded, and not wiped since: see `save`.
+    linked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Closes a store for good. The client keeps detached tasks (a pre-key upload, a write-behind flush) that can
@@ -155,6 +157,7 @@ impl PgStore {
             ledger: Arc::default(),
             sweeper: None,
             groups: None,
+            linked: Arc::default(),
         }
     }
 
@@ -187,6 +190,8 @@ impl PgStore {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         self.ledger.clear();
+        self.linked
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         wipe(&self.pool, &self.channel_id).await
     }
 
@@ -197,6 +202,8 @@ impl PgStore {
     /// [`wipe`] for this store's channel.
     pub async fn wipe(&self) -> Result<u64> {
         self.ledger.clear();
+        self.linked
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         wipe(&self.pool, &self.channel_id).await
     }
 
@@ -404,8 +411,19 @@ fn restore_runtime_fields(device: &mut Device) {
 
 #[async_trait]
 impl DeviceStore for PgStore {
+    /// A device without a phone number never replaces a linked one: only a wipe unlinks. The crate's background
+    /// saver serialises the device, then writes it; a write of the device as it was before the pairing that lands
+    /// after the pairing's own (it waited for a connection under load) made the next login client load an unlinked
+    /// device and show a QR code again, for a pairing the phone had completed (1 channel of 1,005, twice).
     async fn save(&self, device: &Device) -> Result<()> {
         const OP: &str = "save device";
+        use std::sync::atomic::Ordering::SeqCst;
+        if device.pn.is_some() {
+            self.linked.store(true, SeqCst);
+        } else if self.linked.load(SeqCst) {
+            tracing::debug!(channel_id = %self.channel_id, "an unlinked device's save after the pairing is dropped");
+            return Ok(());
+        }
         let json = to_json(OP, device)?;
         let (kid, sealed) = self.seal("wa_device", &[], &json);
         self.exec(
@@ -433,6 +451,9 @@ impl DeviceStore for PgStore {
         let json = self.open(OP, "wa_device", &[], &row)?;
         let mut device: Device = from_json(OP, &json)?;
         restore_runtime_fields(&mut device);
+        if device.pn.is_some() {
+            self.linked.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         Ok(Some(device))
     }
 
