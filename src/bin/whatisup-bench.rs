@@ -1032,8 +1032,9 @@ async fn inject(
 struct EventCount {
     event: &'static str,
     floor: i64,
-    seen: std::sync::atomic::AtomicI64,
-    n: std::sync::atomic::AtomicI64,
+    /// The last id read, and the matching rows up to it.
+    seen: i64,
+    n: i64,
 }
 
 impl EventCount {
@@ -1045,21 +1046,21 @@ impl EventCount {
         Ok(EventCount {
             event,
             floor,
-            seen: floor.into(),
-            n: 0.into(),
+            seen: floor,
+            n: 0,
         })
     }
 
-    async fn get(&self, pg: &tokio_postgres::Client) -> anyhow::Result<i64> {
-        let seen = self.seen.load(Ordering::Relaxed);
+    async fn get(&mut self, pg: &tokio_postgres::Client) -> anyhow::Result<i64> {
         let r = pg
             .query_one(
                 "SELECT count(*) FILTER (WHERE event = $2), coalesce(max(id), $1) FROM events WHERE id > $1",
-                &[&seen, &self.event],
+                &[&self.seen, &self.event],
             )
             .await?;
-        self.seen.store(r.get(1), Ordering::Relaxed);
-        Ok(self.n.fetch_add(r.get(0), Ordering::Relaxed) + r.get::<_, i64>(0))
+        self.seen = r.get(1);
+        self.n += r.get::<_, i64>(0);
+        Ok(self.n)
     }
 
     /// The count from the floor, all rows considered.
@@ -1131,7 +1132,7 @@ async fn wa(args: &[String]) -> anyhow::Result<()> {
     );
 
     // Inbound: fake contacts send texts, the engine decrypts them, the gateway commits `message.received`.
-    let received = EventCount::start(&pg, "message.received").await?;
+    let mut received = EventCount::start(&pg, "message.received").await?;
     let stats0 = db_stats(&pg).await?;
     let perf = Perf::start(&gw, &fake)?;
     let pg_pids = backend_pids(&pg).await?;
@@ -1213,7 +1214,7 @@ async fn wa(args: &[String]) -> anyhow::Result<()> {
     // Offline backlog: the gateway is down while contacts write; the fake server encrypts and queues every
     // message then, so the timed part is the gateway alone: resume, decrypt, commit, ack.
     gw2.terminate().await?;
-    let received = EventCount::start(&pg, "message.received").await?;
+    let mut received = EventCount::start(&pg, "message.received").await?;
     let t = Instant::now();
     inject(&fake, &chans, m, "offline", contacts).await?;
     let queued = t.elapsed();

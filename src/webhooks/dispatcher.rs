@@ -337,9 +337,13 @@ impl Dispatcher {
                 sat.open += 1;
                 let room = cap.saturating_sub(h.held.load(Ordering::Acquire));
                 sat.room += room;
-                for ep in endpoints.iter() {
-                    sat.room_ids.push(ep.clone());
-                    sat.rooms.push(room as i64);
+                // An idle host's endpoints get the claim's default (the whole cap): only hosts holding rows are
+                // named, so the arrays stay as small as the work in flight.
+                if room < cap {
+                    for ep in endpoints.iter() {
+                        sat.room_ids.push(ep.clone());
+                        sat.rooms.push(room as i64);
+                    }
                 }
             }
         }

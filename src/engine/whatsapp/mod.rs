@@ -457,10 +457,10 @@ impl Driver {
     /// Makes the stored device the one the client holds (its identity: phone number, LID, account signature).
     /// A flush alone is not enough: every device change wakes the crate's background saver, which takes the
     /// dirty flag and then writes; a flush that comes in between finds nothing dirty and returns before that
-    /// write has landed. A client built right after (the login that follows the 515) then loaded the device as
-    /// it was before the pairing and showed a QR code again: 1–3 of 5 channels, with release builds of the
-    /// gateway and the fake server, whose 515 comes quickly. So: flush, read back, and write the client's device
-    /// ourselves until the store holds it.
+    /// write has landed, and a client built right after (the login that follows the 515) can load the device as
+    /// it was before the pairing and show a QR code again (the suspected cause of 1–3 of 5 channels unpaired with
+    /// release builds, whose 515 comes quickly). So: flush, read back, and write the client's device ourselves
+    /// until the store holds it. (A late write of an older device is the store's to refuse: `PgStore::save`.)
     async fn settle_device(&self, client: &Arc<Client>) {
         let channel_id = &self.shared.channel_id;
         let pm = client.persistence_manager();

@@ -240,14 +240,17 @@ impl PgStore {
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64> {
-        if let Some(groups) = &self.groups {
-            let _entered = self.enter(op)?;
-            if let Ok(n) = groups.execute(sql, params).await {
-                return Ok(n);
-            }
-            // Rolled back or no group: nothing of it was written; write it alone (and see its own error, if any).
+        let entered = self.enter(op)?;
+        if let Some(groups) = &self.groups
+            && let Ok(n) = groups.execute(sql, params).await
+        {
+            return Ok(n);
         }
-        let client = self.client(op).await?;
+        // No group, or it was rolled back (nothing of this write landed): write it alone, and see its own error.
+        let client = Conn {
+            obj: self.pool.get().await.map_err(conn_err(op))?,
+            _entered: entered,
+        };
         let stmt = client.prepare_cached(sql).await.map_err(db_err(op))?;
         client.execute(&stmt, params).await.map_err(db_err(op))
     }
