@@ -272,6 +272,7 @@ async fn resume_engine_alone(
             version: (2, 3000, 1042742319),
             device_name: "whatisup".into(),
             group_commit: true,
+            media_downloads: 8,
         },
         std::sync::Arc::new(media),
     )
@@ -1112,5 +1113,102 @@ async fn inbound_media_crash_between_commit_and_ack_delivers_once() {
     assert_eq!((s, ct.as_str()), (200, "image/webp"));
     assert!(bytes == image);
     let _ = b.terminate().await;
+    db.drop_db().await;
+}
+
+/// Media queued for two channels while the gateway was down, on a slow media host: after the restart the
+/// downloads run side by side, within a channel's batch too (three at once needs that: two channels downloading
+/// one by one make two), never more at once than `WHATISUP_MEDIA_DOWNLOADS`; each channel's messages (images and
+/// texts) are committed in the order the contact sent them, each image with its own bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_media_download_side_by_side_within_the_cap_in_order() {
+    let db = TestDb::new();
+    let fake = fake().await;
+    let config = || {
+        let mut c = wa_config(&db, &fake);
+        c.media_downloads = 3;
+        c
+    };
+    let gw = Gw::start(config()).await;
+    let keys = gw.customer("acme").await;
+    let api = Api::new(&gw.base, &keys.live);
+    let phones = ["+15550008011", "+15550008012"];
+    let mut ids = Vec::new();
+    for phone in phones {
+        ids.push(pair(&api, &fake, phone).await);
+    }
+    gw.stop().await;
+
+    fake.set_media_delay(Duration::from_millis(300));
+    let contact = "+15557650091";
+    // Per channel: (WhatsApp message id, the image's bytes or None for a text), in the order sent.
+    let mut sent: Vec<Vec<(String, Option<Vec<u8>>)>> = vec![Vec::new(), Vec::new()];
+    for i in 0..4usize {
+        for (k, phone) in phones.iter().enumerate() {
+            let data = media_bytes(2_000 + 100 * i + k, (2 * i + k) as u32);
+            let mid = fake
+                .inbound_kind(
+                    d(phone),
+                    d(contact),
+                    fakewa::InboundKind::Media {
+                        kind: "image".into(),
+                        data: data.clone(),
+                        mime_type: "image/jpeg".into(),
+                        caption: Some(format!("image {i}")),
+                        filename: None,
+                        tamper: false,
+                    },
+                )
+                .await
+                .expect("image queued while the gateway is down");
+            sent[k].push((mid, Some(data)));
+            if i % 2 == 1 {
+                let tid = fake
+                    .inbound(d(phone), d(contact), &format!("text after image {i}"))
+                    .await
+                    .expect("text queued while the gateway is down");
+                sent[k].push((tid, None));
+            }
+        }
+    }
+
+    let gw = Gw::start(config()).await;
+    for (k, id) in ids.iter().enumerate() {
+        let deadline = tokio::time::Instant::now() + T;
+        let got = loop {
+            let got = events_of(&db, id, "message.received").await;
+            if got.len() >= sent[k].len() || tokio::time::Instant::now() > deadline {
+                break got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let order: Vec<&str> = got
+            .iter()
+            .map(|e| e["message_id"].as_str().unwrap_or_default())
+            .collect();
+        let expected: Vec<&str> = sent[k].iter().map(|(m, _)| m.as_str()).collect();
+        assert_eq!(
+            order, expected,
+            "channel {id}: every message once, in order"
+        );
+        for (e, (_, data)) in got.iter().zip(&sent[k]) {
+            match data {
+                Some(data) => {
+                    assert_eq!(e["type"], "image", "{e}");
+                    let url = e["media"]["url"].as_str().expect("media url");
+                    let (status, _, bytes) = download(&gw.base, url).await;
+                    assert_eq!(status, 200);
+                    assert!(bytes == *data, "each image's own bytes");
+                }
+                None => assert_eq!(e["type"], "text", "{e}"),
+            }
+        }
+    }
+    assert_eq!(
+        fake.stats().await.media_downloads_max,
+        3,
+        "the downloads overlapped, within a batch too, and never more than WHATISUP_MEDIA_DOWNLOADS at once"
+    );
+    gw.stop().await;
     db.drop_db().await;
 }

@@ -117,6 +117,8 @@ pub(super) struct InboundMedia {
     pool: Pool,
     channel_id: String,
     http: Arc<ReqwestHttp>,
+    /// The process's download permits (see `WhatsAppConfig::media_downloads`).
+    downloads: Arc<tokio::sync::Semaphore>,
     customer_id: tokio::sync::OnceCell<String>,
 }
 
@@ -126,12 +128,14 @@ impl InboundMedia {
         pool: Pool,
         channel_id: String,
         http: Arc<ReqwestHttp>,
+        downloads: Arc<tokio::sync::Semaphore>,
     ) -> InboundMedia {
         InboundMedia {
             media,
             pool,
             channel_id,
             http,
+            downloads,
             customer_id: tokio::sync::OnceCell::new(),
         }
     }
@@ -164,6 +168,13 @@ impl InboundMedia {
         let stored = match found {
             Some(s) => s,
             None => {
+                // Held until the bytes are stored: the permits bound the media held in memory. The timeout starts
+                // once the download does.
+                let _permit = self
+                    .downloads
+                    .acquire()
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the engine is shutting down"))?;
                 match tokio::time::timeout(DOWNLOAD_TIMEOUT, self.download(client, att)).await {
                     Ok(Ok(data)) => {
                         let customer_id = self.customer_id().await?;

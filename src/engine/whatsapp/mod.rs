@@ -56,6 +56,8 @@ pub struct WhatsAppConfig {
     pub device_name: String,
     /// Share key-store write transactions across sessions (see `store::GroupCommit`).
     pub group_commit: bool,
+    /// Inbound media downloads at once over all sessions (each holds up to the media cap in memory).
+    pub media_downloads: usize,
 }
 
 pub struct WhatsAppEngine {
@@ -68,6 +70,8 @@ pub struct WhatsAppEngine {
     /// Deletes consumed pending-inbound rows of all channels in batches; started with the first session.
     sweeper: std::sync::OnceLock<store::Sweeper>,
     groups: std::sync::OnceLock<store::GroupCommit>,
+    /// Permits for inbound media downloads, shared by all sessions.
+    downloads: Arc<tokio::sync::Semaphore>,
 }
 
 impl WhatsAppEngine {
@@ -92,6 +96,7 @@ impl WhatsAppEngine {
                 "BUILT WITH `fake-whatsapp`: WhatsApp server certificates are NOT verified; loopback endpoints only"
             );
         }
+        let downloads = Arc::new(tokio::sync::Semaphore::new(cfg.media_downloads.max(1)));
         Ok(WhatsAppEngine {
             pool,
             keys,
@@ -100,6 +105,7 @@ impl WhatsAppEngine {
             media,
             sweeper: std::sync::OnceLock::new(),
             groups: std::sync::OnceLock::new(),
+            downloads,
         })
     }
 }
@@ -169,6 +175,7 @@ impl Engine for WhatsAppEngine {
                 self.pool.clone(),
                 req.channel_id.clone(),
                 self.http.clone(),
+                self.downloads.clone(),
             )),
             events: req.events,
         };
@@ -806,6 +813,9 @@ impl EventHandler for Forwarder {
     }
 }
 
+/// Media messages of one batch downloaded at once (each also needs one of the process's download permits).
+const BATCH_DOWNLOADS: usize = 8;
+
 /// Inbound durability: the client acknowledges messages to WhatsApp only after this returns Ok, and we return
 /// Ok only once the supervisor has committed the `message.received` events. A crash in between means WhatsApp
 /// redelivers; the supervisor drops what it already committed.
@@ -821,31 +831,31 @@ impl InboundDurabilityHook for CommitHook {
         client: Arc<Client>,
         batch: &[WaInbound],
     ) -> whatsapp_rust::anyhow::Result<()> {
-        let mut messages = Vec::with_capacity(batch.len());
-        for m in batch {
-            // Messages from the account itself (sent on the phone) are not inbound traffic.
-            if m.info.source.is_from_me {
-                continue;
+        use futures::StreamExt as _;
+        // Media is downloaded and stored before the batch is committed (and so before the ack). An offline drain's
+        // batch can hold many media messages: they download side by side (up to BATCH_DOWNLOADS, within the
+        // process's permits), and the batch keeps WhatsApp's order.
+        let media = &*self.media;
+        let client = &*client;
+        // Messages from the account itself (sent on the phone) are not inbound traffic.
+        // The futures are made before the stream (they run only when it polls them): a closure held across the
+        // await trips rustc's higher-ranked lifetime check of async_trait's Send bound.
+        let pending: Vec<_> = batch
+            .iter()
+            .filter(|m| !m.info.source.is_from_me)
+            .map(|m| inbound_message(media, client, m))
+            .collect();
+        let bodies: Vec<whatsapp_rust::anyhow::Result<Option<InboundMessage>>> =
+            futures::stream::iter(pending)
+                .buffered(BATCH_DOWNLOADS)
+                .collect()
+                .await;
+        // Protocol traffic has no body.
+        let mut messages = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            if let Some(m) = body? {
+                messages.push(m);
             }
-            let from = sender_of(&m.info);
-            // Media is downloaded and stored before the batch is committed (and so before the ack).
-            let body = match media_in::attachment(m.message.get_base_message()) {
-                Some(att) => self
-                    .media
-                    .body(&client, &from, &m.info.id, &att)
-                    .await
-                    .map_err(|e| whatsapp_rust::anyhow::anyhow!("{e:#}"))?,
-                None => match body_of(&m.message) {
-                    Some(body) => body,
-                    None => continue,
-                },
-            };
-            messages.push(InboundMessage {
-                message_id: m.info.id.to_string(),
-                from,
-                timestamp: m.info.timestamp,
-                body,
-            });
         }
         if messages.is_empty() {
             return Ok(());
@@ -861,6 +871,32 @@ impl InboundDurabilityHook for CommitHook {
             .map_err(|_| whatsapp_rust::anyhow::anyhow!("messages not committed"))?;
         Ok(())
     }
+}
+
+/// One message of a hook's batch as an inbound message (its media downloaded and stored); None for protocol
+/// traffic. Err only when the database failed.
+async fn inbound_message(
+    media: &media_in::InboundMedia,
+    client: &Client,
+    m: &WaInbound,
+) -> whatsapp_rust::anyhow::Result<Option<InboundMessage>> {
+    let from = sender_of(&m.info);
+    let body = match media_in::attachment(m.message.get_base_message()) {
+        Some(att) => media
+            .body(client, &from, &m.info.id, &att)
+            .await
+            .map_err(|e| whatsapp_rust::anyhow::anyhow!("{e:#}"))?,
+        None => match body_of(&m.message) {
+            Some(body) => body,
+            None => return Ok(None),
+        },
+    };
+    Ok(Some(InboundMessage {
+        message_id: m.info.id.to_string(),
+        from,
+        timestamp: m.info.timestamp,
+        body,
+    }))
 }
 
 /// The `message.received` body of a message a person wrote; None for protocol traffic (app-state key shares,

@@ -64,7 +64,7 @@ async fn media_download(
     State(s): State<Arc<Shared>>,
     Path((kind, id)): Path<(String, String)>,
 ) -> Response {
-    match s.media_blob(&format!("/v/t62.fake/{kind}/{id}")) {
+    match s.media_download(&format!("/v/t62.fake/{kind}/{id}")).await {
         Some(blob) => blob.into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }

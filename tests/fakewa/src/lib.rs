@@ -115,6 +115,9 @@ pub struct Stats {
     /// Live heap bytes of the process, when the embedding binary counts them (the `fakewa`
     /// binary does; see [`set_heap_meter`]).
     pub heap_bytes: Option<u64>,
+    /// The most media downloads the media host answered at once since start.
+    #[serde(default)]
+    pub media_downloads_max: u64,
 }
 
 static HEAP_METER: std::sync::OnceLock<fn() -> u64> = std::sync::OnceLock::new();
@@ -490,6 +493,11 @@ impl FakeWa {
 
     pub async fn stats(&self) -> Stats {
         self.shared.stats()
+    }
+
+    /// Makes the media host wait this long before answering each download (a slow CDN).
+    pub fn set_media_delay(&self, delay: std::time::Duration) {
+        self.shared.set_media_delay(delay);
     }
 
     /// Closes every connection and stops the server.

@@ -223,6 +223,11 @@ pub(crate) struct Shared {
     media_host: std::sync::OnceLock<String>,
     /// Uploaded (encrypted) media by direct path, oldest first; bounded.
     media: Mutex<VecDeque<(String, Vec<u8>)>>,
+    /// How long the media host waits before answering a download (a slow CDN), in milliseconds.
+    media_delay_ms: AtomicU64,
+    /// Downloads being answered now, and the most ever at once.
+    media_downloads: AtomicU64,
+    media_downloads_max: AtomicU64,
 }
 
 /// Most media blobs kept (the oldest go first).
@@ -261,7 +266,30 @@ impl Shared {
             handshakes: Default::default(),
             media_host: std::sync::OnceLock::new(),
             media: Mutex::new(VecDeque::new()),
+            media_delay_ms: AtomicU64::new(0),
+            media_downloads: AtomicU64::new(0),
+            media_downloads_max: AtomicU64::new(0),
         })
+    }
+
+    pub(crate) fn set_media_delay(&self, delay: std::time::Duration) {
+        self.media_delay_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Answers a download of `direct_path` after the configured delay, counting the downloads in flight.
+    pub(crate) async fn media_download(&self, direct_path: &str) -> Option<Vec<u8>> {
+        let now = self.media_downloads.fetch_add(1, Ordering::SeqCst) + 1;
+        self.media_downloads_max.fetch_max(now, Ordering::SeqCst);
+        let delay = self.media_delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
+        let blob = self.media_blob(direct_path);
+        self.media_downloads.fetch_sub(1, Ordering::SeqCst);
+        blob
     }
 
     pub(crate) fn set_media_host(&self, host: String) {
@@ -419,6 +447,7 @@ impl Shared {
             handshakes_ik: self.handshakes[1].load(Ordering::Relaxed),
             handshakes_xx_fallback: self.handshakes[2].load(Ordering::Relaxed),
             heap_bytes: crate::heap_bytes(),
+            media_downloads_max: self.media_downloads_max.load(Ordering::SeqCst),
         }
     }
 
