@@ -179,11 +179,12 @@ pub struct Config {
     /// Media: how long uploads and inbound media are kept (and signed download URLs stay valid). 7 days.
     #[arg(long, env = "WHATISUP_MEDIA_RETENTION_SECS", default_value_t = 7 * 86_400)]
     pub media_retention_secs: u64,
-    /// Media: inbound media downloads (from WhatsApp's media hosts) at once, over all channels. Each holds up to
-    /// WHATISUP_MEDIA_MAX_BYTES in memory until stored, so this bounds the memory inbound media can take.
-    #[arg(long, env = "WHATISUP_MEDIA_DOWNLOADS", default_value_t = 8,
+    /// Media: transfers to or from WhatsApp at once over all channels, in each direction (inbound downloads;
+    /// outbound media sends, from loading the stored bytes to WhatsApp's answer). Each holds up to
+    /// WHATISUP_MEDIA_MAX_BYTES in memory, so this bounds the memory media in transit can take.
+    #[arg(long, env = "WHATISUP_MEDIA_TRANSFERS", default_value_t = 8,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub media_downloads: u16,
+    pub media_transfers: u16,
     /// Media: one media_url fetch's timeout (connect, answer, whole body).
     #[arg(
         long,

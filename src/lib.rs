@@ -156,7 +156,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
             version: cfg.wa_version()?,
             device_name: cfg.wa_device_name.clone(),
             group_commit: cfg.wa_group_commit,
-            media_downloads: usize::from(cfg.media_downloads.max(1)),
+            media_downloads: usize::from(cfg.media_transfers.max(1)),
         },
         media.clone(),
     )?);

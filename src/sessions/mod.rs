@@ -89,6 +89,9 @@ pub struct Node {
     sessions: Mutex<HashMap<String, Handle>>,
     metrics: Arc<Metrics>,
     stopping: CancellationToken,
+    /// Permits for outbound media sends over all channels (`WHATISUP_MEDIA_TRANSFERS`): each holds the media's
+    /// bytes in memory.
+    media_sends: Arc<tokio::sync::Semaphore>,
 }
 
 /// Where a session task begins.
@@ -109,6 +112,9 @@ impl Node {
         engines: Vec<Arc<dyn Engine>>,
         metrics: Arc<Metrics>,
     ) -> Arc<Node> {
+        let media_sends = Arc::new(tokio::sync::Semaphore::new(usize::from(
+            cfg.media_transfers.max(1),
+        )));
         Arc::new(Node {
             id: cfg.node_id(),
             cfg,
@@ -119,6 +125,7 @@ impl Node {
             sessions: Mutex::new(HashMap::new()),
             metrics,
             stopping: CancellationToken::new(),
+            media_sends,
         })
     }
 

@@ -311,11 +311,19 @@ impl Drain {
     }
 
     async fn send(&self, row: &MessageRow) -> Result<(), EngineError> {
-        // Media bytes live in their own table; loaded only for the send.
-        let media = match MediaKind::parse(&row.kind) {
-            Some(kind) => Some((kind, self.media_bytes(row).await?)),
-            None => None,
-        };
+        // Media bytes live in their own table; loaded only for the send, under one of the node's permits (held
+        // until the send returns) so that channels sending media together hold a bounded amount of it.
+        let (media, _permit) =
+            match MediaKind::parse(&row.kind) {
+                Some(kind) => {
+                    let permit =
+                        self.node.media_sends.acquire().await.map_err(|_| {
+                            EngineError::Network("the node is shutting down".into())
+                        })?;
+                    (Some((kind, self.media_bytes(row).await?)), Some(permit))
+                }
+                None => (None, None),
+            };
         let reply_to = row.body["reply_to"]["whatsapp_id"]
             .as_str()
             .map(|id| Quoted {

@@ -1118,7 +1118,7 @@ async fn inbound_media_crash_between_commit_and_ack_delivers_once() {
 
 /// Media queued for two channels while the gateway was down, on a slow media host: after the restart the
 /// downloads run side by side, within a channel's batch too (three at once needs that: two channels downloading
-/// one by one make two), never more at once than `WHATISUP_MEDIA_DOWNLOADS`; each channel's messages (images and
+/// one by one make two), never more at once than `WHATISUP_MEDIA_TRANSFERS`; each channel's messages (images and
 /// texts) are committed in the order the contact sent them, each image with its own bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_media_download_side_by_side_within_the_cap_in_order() {
@@ -1126,7 +1126,7 @@ async fn offline_media_download_side_by_side_within_the_cap_in_order() {
     let fake = fake().await;
     let config = || {
         let mut c = wa_config(&db, &fake);
-        c.media_downloads = 3;
+        c.media_transfers = 3;
         c
     };
     let gw = Gw::start(config()).await;
@@ -1207,7 +1207,83 @@ async fn offline_media_download_side_by_side_within_the_cap_in_order() {
     assert_eq!(
         fake.stats().await.media_downloads_max,
         3,
-        "the downloads overlapped, within a batch too, and never more than WHATISUP_MEDIA_DOWNLOADS at once"
+        "the downloads overlapped, within a batch too, and never more than WHATISUP_MEDIA_TRANSFERS at once"
+    );
+    gw.stop().await;
+    db.drop_db().await;
+}
+
+/// Three channels send two images each through a slow media host: the sends overlap, never more at once than
+/// `WHATISUP_MEDIA_TRANSFERS` (each holds its media's bytes in memory), and every image reaches its contact intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_media_sends_stay_within_the_cap() {
+    use sha2::Digest;
+    let db = TestDb::new();
+    let fake = fake().await;
+    let mut cfg = wa_config(&db, &fake);
+    cfg.send_rate_per_sec = 0.0;
+    cfg.media_transfers = 2;
+    let gw = Gw::start(cfg).await;
+    let keys = gw.customer("acme").await;
+    let api = Api::new(&gw.base, &keys.live);
+    let phones = ["+15550008021", "+15550008022", "+15550008023"];
+    let mut ids = Vec::new();
+    for phone in phones {
+        ids.push(pair(&api, &fake, phone).await);
+    }
+    fake.set_media_delay(Duration::from_millis(300));
+    // Per channel: the sha256 of each image sent, in order.
+    let mut sent: Vec<Vec<String>> = vec![Vec::new(); phones.len()];
+    for i in 0..2usize {
+        for (k, id) in ids.iter().enumerate() {
+            let bytes = media_bytes(3_000 + 100 * i + k, (10 + 3 * i + k) as u32);
+            let up: Value = api
+                .http
+                .post(format!("{}/v1/channels/{id}/media", gw.base))
+                .bearer_auth(&keys.live)
+                .header("content-type", "image/jpeg")
+                .body(bytes.clone())
+                .send()
+                .await
+                .expect("upload")
+                .json()
+                .await
+                .expect("json");
+            let media_id = up["media_id"].as_str().expect("media_id");
+            let (s, r) = api
+                .post(
+                    &format!("/v1/channels/{id}/messages"),
+                    json!({"to": "+15557650102", "type": "image", "media_id": media_id}),
+                )
+                .await;
+            assert_eq!(s, 202, "{r}");
+            sent[k].push(hex::encode(sha2::Sha256::digest(&bytes)));
+        }
+    }
+    for (k, phone) in phones.iter().enumerate() {
+        let deadline = tokio::time::Instant::now() + T;
+        let out = loop {
+            let out = fake.outbound(d(phone)).await.expect("outbound");
+            if out.len() >= sent[k].len() || tokio::time::Instant::now() > deadline {
+                break out;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let got: Vec<String> = out
+            .iter()
+            .map(|o| {
+                o.media
+                    .as_ref()
+                    .map(|m| m.sha256.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(got, sent[k], "{phone}: each image once, in order, intact");
+    }
+    assert_eq!(
+        fake.stats().await.media_uploads_max,
+        2,
+        "the sends overlapped, and never more than WHATISUP_MEDIA_TRANSFERS at once"
     );
     gw.stop().await;
     db.drop_db().await;

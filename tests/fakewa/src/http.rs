@@ -55,7 +55,7 @@ async fn media_upload(
     Path((kind, _token)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    let path = s.store_media(&kind, body.to_vec());
+    let path = s.media_upload(&kind, body.to_vec()).await;
     let url = format!("https://{}{path}", s.media_host());
     Json(json!({"url": url, "direct_path": path})).into_response()
 }

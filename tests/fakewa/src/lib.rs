@@ -118,6 +118,9 @@ pub struct Stats {
     /// The most media downloads the media host answered at once since start.
     #[serde(default)]
     pub media_downloads_max: u64,
+    /// The most media uploads the media host took at once since start.
+    #[serde(default)]
+    pub media_uploads_max: u64,
 }
 
 static HEAP_METER: std::sync::OnceLock<fn() -> u64> = std::sync::OnceLock::new();
@@ -495,7 +498,7 @@ impl FakeWa {
         self.shared.stats()
     }
 
-    /// Makes the media host wait this long before answering each download (a slow CDN).
+    /// Makes the media host wait this long before answering each download or upload (a slow CDN).
     pub fn set_media_delay(&self, delay: std::time::Duration) {
         self.shared.set_media_delay(delay);
     }

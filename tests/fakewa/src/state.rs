@@ -223,11 +223,13 @@ pub(crate) struct Shared {
     media_host: std::sync::OnceLock<String>,
     /// Uploaded (encrypted) media by direct path, oldest first; bounded.
     media: Mutex<VecDeque<(String, Vec<u8>)>>,
-    /// How long the media host waits before answering a download (a slow CDN), in milliseconds.
+    /// How long the media host waits before answering a download or an upload (a slow CDN), in milliseconds.
     media_delay_ms: AtomicU64,
-    /// Downloads being answered now, and the most ever at once.
+    /// Downloads being answered now, and the most ever at once; the same for uploads.
     media_downloads: AtomicU64,
     media_downloads_max: AtomicU64,
+    media_uploads: AtomicU64,
+    media_uploads_max: AtomicU64,
 }
 
 /// Most media blobs kept (the oldest go first).
@@ -269,6 +271,8 @@ impl Shared {
             media_delay_ms: AtomicU64::new(0),
             media_downloads: AtomicU64::new(0),
             media_downloads_max: AtomicU64::new(0),
+            media_uploads: AtomicU64::new(0),
+            media_uploads_max: AtomicU64::new(0),
         })
     }
 
@@ -281,15 +285,27 @@ impl Shared {
 
     /// Answers a download of `direct_path` after the configured delay, counting the downloads in flight.
     pub(crate) async fn media_download(&self, direct_path: &str) -> Option<Vec<u8>> {
-        let now = self.media_downloads.fetch_add(1, Ordering::SeqCst) + 1;
-        self.media_downloads_max.fetch_max(now, Ordering::SeqCst);
+        self.slow_media(&self.media_downloads, &self.media_downloads_max)
+            .await;
+        self.media_blob(direct_path)
+    }
+
+    /// Keeps an uploaded blob after the configured delay, counting the uploads in flight; its direct path.
+    pub(crate) async fn media_upload(&self, kind: &str, blob: Vec<u8>) -> String {
+        self.slow_media(&self.media_uploads, &self.media_uploads_max)
+            .await;
+        self.store_media(kind, blob)
+    }
+
+    /// Waits the media delay as one of `now` transfers in flight, raising `max` to the most at once.
+    async fn slow_media(&self, now: &AtomicU64, max: &AtomicU64) {
+        let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
+        max.fetch_max(at_once, Ordering::SeqCst);
         let delay = self.media_delay_ms.load(Ordering::Relaxed);
         if delay > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
         }
-        let blob = self.media_blob(direct_path);
-        self.media_downloads.fetch_sub(1, Ordering::SeqCst);
-        blob
+        now.fetch_sub(1, Ordering::SeqCst);
     }
 
     pub(crate) fn set_media_host(&self, host: String) {
@@ -448,6 +464,7 @@ impl Shared {
             handshakes_xx_fallback: self.handshakes[2].load(Ordering::Relaxed),
             heap_bytes: crate::heap_bytes(),
             media_downloads_max: self.media_downloads_max.load(Ordering::SeqCst),
+            media_uploads_max: self.media_uploads_max.load(Ordering::SeqCst),
         }
     }
 
