@@ -1070,6 +1070,45 @@ async fn group_commit_shares_transactions_and_isolates_failures() {
     db.drop_db().await;
 }
 
+/// A grouped write cancelled at any point (while its group's BEGIN is in flight included) never sends a connection
+/// back to the pool inside a transaction: the pool is shared by the whole gateway, and the next user's
+/// "autocommitted" writes (a lease renewal, say) would sit uncommitted and hold their row locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_group_write_never_pools_a_connection_in_a_transaction() {
+    let (db, pool) = setup().await;
+    channel(&pool, "ch_cancel").await;
+    let small = whatisup::store::connect(&db.url, 2).await.expect("connect");
+    let groups = GroupCommit::new(small.clone());
+    let store = Arc::new(
+        PgStore::new(small.clone(), keys(KEY_A, &[]), "ch_cancel").with_group_commit(groups),
+    );
+    for i in 0..300u32 {
+        let s = store.clone();
+        let t = tokio::spawn(async move { s.put_identity("cancel@s.whatsapp.net", [1; 32]).await });
+        // Cancel at a different moment each time: before, during and after the BEGIN round trip.
+        for _ in 0..(i % 30) {
+            tokio::task::yield_now().await;
+        }
+        if i % 2 == 1 {
+            tokio::time::sleep(std::time::Duration::from_micros(u64::from(i % 7) * 50)).await;
+        }
+        t.abort();
+        let _ = t.await;
+        // Every pooled connection, held at once so that each is looked at.
+        let a = small.get().await.expect("pool");
+        let b = small.get().await.expect("pool");
+        for c in [&a, &b] {
+            // SAVEPOINT is refused outside a transaction block, and taken inside one.
+            let in_tx = c.batch_execute("SAVEPOINT probe").await.is_ok();
+            assert!(
+                !in_tx,
+                "iteration {i}: a pooled connection is inside a transaction"
+            );
+        }
+    }
+    db.drop_db().await;
+}
+
 /// The crate's background saver can write the device as it was before the pairing after the pairing's own save:
 /// a device without a phone number never replaces a linked one, until the store is wiped (logout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,8 +32,46 @@ struct Inner {
     opening: tokio::sync::Mutex<()>,
 }
 
+/// A pooled connection that may be inside a transaction. It goes back to the pool only once its transaction
+/// has ended; dropped in any other state (a writer cancelled while BEGIN was in flight, a COMMIT and ROLLBACK
+/// that both failed, a runtime shutting down), it is detached from the pool and closed, and the server rolls
+/// back. Otherwise the next user of the connection would run its "autocommitted" writes inside a transaction
+/// nobody commits, holding their row locks.
+struct TxConn {
+    obj: Option<Object>,
+    ended: std::sync::atomic::AtomicBool,
+}
+
+impl TxConn {
+    fn get(&self) -> Option<&Object> {
+        self.obj.as_ref()
+    }
+
+    /// Runs a transaction-ending statement; true when it succeeded (the connection may go back to the pool).
+    async fn end_with(&self, sql: &str) -> bool {
+        let Some(c) = self.get() else { return false };
+        let ok = c.batch_execute(sql).await.is_ok();
+        if ok {
+            self.ended.store(true, std::sync::atomic::Ordering::Release);
+        }
+        ok
+    }
+}
+
+impl Drop for TxConn {
+    fn drop(&mut self) {
+        if let Some(obj) = self.obj.take()
+            && !*self.ended.get_mut()
+        {
+            drop(Object::take(obj));
+        }
+    }
+}
+
 struct Group {
-    client: Object,
+    /// The committer whose open slot may hold this group.
+    home: std::sync::Weak<Inner>,
+    client: TxConn,
     state: Mutex<State>,
     /// None while open; then whether the group committed.
     done: watch::Sender<Option<bool>>,
@@ -67,15 +105,26 @@ impl Group {
     /// meanwhile cannot leave the others waiting.
     async fn end(&self, failed: bool) {
         let committed = if failed {
-            let _ = self.client.batch_execute("ROLLBACK").await;
+            self.client.end_with("ROLLBACK").await;
             false
-        } else if self.client.batch_execute("COMMIT").await.is_ok() {
+        } else if self.client.end_with("COMMIT").await {
             true
         } else {
-            let _ = self.client.batch_execute("ROLLBACK").await;
+            self.client.end_with("ROLLBACK").await;
             false
         };
         self.done.send_replace(Some(committed));
+    }
+
+    /// Takes an ended group out of its committer's open slot: left there, it would keep its connection out of the
+    /// pool until the next write.
+    fn leave(self: &Arc<Self>) {
+        if let Some(inner) = self.home.upgrade() {
+            let mut open = inner.open.lock().unwrap_or_else(|e| e.into_inner());
+            if open.as_ref().is_some_and(|g| Arc::ptr_eq(g, self)) {
+                *open = None;
+            }
+        }
     }
 }
 
@@ -106,11 +155,16 @@ impl Member {
             let group = self.group.clone();
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
-                    rt.spawn(async move { group.end(failed).await });
+                    rt.spawn(async move {
+                        group.end(failed).await;
+                        group.leave();
+                    });
                 }
-                // No runtime (shutting down): the waiters are gone with it; the connection rolls back when it closes.
+                // No runtime (shutting down): the waiters are gone with it; the connection is closed, not pooled
+                // (see TxConn), and the server rolls back.
                 Err(_) => {
                     group.done.send_replace(Some(false));
+                    group.leave();
                 }
             }
         }
@@ -148,14 +202,19 @@ impl GroupCommit {
         if let Some(m) = self.joinable() {
             return Some(m);
         }
-        let client = self.0.pool.get().await.ok()?;
-        if client.batch_execute("BEGIN").await.is_err() {
-            // The connection is in an unknown state: keep it out of the pool.
-            drop(Object::take(client));
-            return None;
+        // From here until the group ends, the connection goes back to the pool only through a finished COMMIT or
+        // ROLLBACK: this future dropped while BEGIN is in flight, or BEGIN failing, closes it instead.
+        let client = TxConn {
+            obj: Some(self.0.pool.get().await.ok()?),
+            ended: std::sync::atomic::AtomicBool::new(false),
+        };
+        match client.get() {
+            Some(c) if c.batch_execute("BEGIN").await.is_ok() => {}
+            _ => return None,
         }
         let (done, _) = watch::channel(None);
         let group = Arc::new(Group {
+            home: Arc::downgrade(&self.0),
             client,
             state: Mutex::new(State::default()),
             done,
@@ -181,11 +240,19 @@ impl GroupCommit {
         };
         let group = member.group.clone();
         let mut done = group.done.subscribe();
-        let result = async {
-            let stmt = group.client.prepare_cached(sql).await?;
-            group.client.execute(&stmt, params).await
-        }
-        .await;
+        let result = match group.client.get() {
+            Some(client) => {
+                async {
+                    let stmt = client.prepare_cached(sql).await?;
+                    client.execute(&stmt, params).await
+                }
+                .await
+            }
+            None => {
+                member.finish(false);
+                return Err(Alone);
+            }
+        };
         member.finish(result.is_ok());
         let committed = match done.wait_for(|v| v.is_some()).await {
             Ok(v) => v.unwrap_or(false),
