@@ -837,9 +837,9 @@ impl InboundDurabilityHook for CommitHook {
         // process's permits), and the batch keeps WhatsApp's order.
         let media = &*self.media;
         let client = &*client;
-        // Messages from the account itself (sent on the phone) are not inbound traffic.
-        // The futures are made before the stream (they run only when it polls them): a closure held across the
-        // await trips rustc's higher-ranked lifetime check of async_trait's Send bound.
+        // Messages from the account itself (sent on the phone) are not inbound traffic. The futures are made before
+        // the stream (they run only when it polls them): a closure held across the await trips rustc's
+        // higher-ranked lifetime check of async_trait's Send bound.
         let pending: Vec<_> = batch
             .iter()
             .filter(|m| !m.info.source.is_from_me)
