@@ -297,6 +297,34 @@ async fn wait_connected(
                 count_connected(pg).await?
             );
         }
+        // A channel that came to rest short of `connected` (QR timed out, failed, logged out) will not get
+        // there by waiting: say which, instead of sitting out the limit.
+        let stuck = pg
+            .query(
+                "SELECT id, status, coalesce(status_reason, '') FROM channels
+                 WHERE deleted_at IS NULL AND status IN ('pending', 'failed', 'disconnected')
+                   AND status_reason IS NOT NULL ORDER BY id",
+                &[],
+            )
+            .await?;
+        if !stuck.is_empty() {
+            let named: Vec<String> = stuck
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {}/{}",
+                        r.get::<_, String>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, String>(2)
+                    )
+                })
+                .collect();
+            bail!(
+                "{} channel(s) will not connect: {}",
+                stuck.len(),
+                named.join(", ")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(t.elapsed())

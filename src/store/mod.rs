@@ -69,6 +69,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "webhook_endpoint_due",
         include_str!("../../migrations/0014_webhook_endpoint_due.sql"),
     ),
+    (
+        15,
+        "wa_device_linked",
+        include_str!("../../migrations/0015_wa_device_linked.sql"),
+    ),
 ];
 
 /// Serialises migrations (and the first-start bootstrap) across nodes starting together.

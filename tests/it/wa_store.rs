@@ -1130,10 +1130,78 @@ async fn an_unlinked_device_never_replaces_a_linked_one() {
     assert_eq!(again.load().await.unwrap().unwrap().pn, linked.pn);
     again.save(&unlinked).await.unwrap();
     assert_eq!(again.load().await.unwrap().unwrap().pn, linked.pn);
+    // A store that never saw the linked device (another instance, a write still in flight from before the
+    // pairing) cannot unlink it either: the statement itself refuses.
+    let unaware = PgStore::new(pool.clone(), keys(KEY_A, &[]), "ch_link");
+    unaware.save(&unlinked).await.unwrap();
+    assert_eq!(again.load().await.unwrap().unwrap().pn, linked.pn);
+    // A linked device still replaces a linked one.
+    let mut renamed = linked.clone();
+    renamed.push_name = "after the pairing".into();
+    unaware.save(&renamed).await.unwrap();
+    assert_eq!(
+        again.load().await.unwrap().unwrap().push_name,
+        "after the pairing"
+    );
     // After a wipe (logout) an unlinked device is stored again.
     again.wipe().await.unwrap();
     again.save(&unlinked).await.unwrap();
     assert!(again.load().await.unwrap().unwrap().pn.is_none());
+    db.drop_db().await;
+}
+
+/// The background saver and a flush save the device at the same time; with group commit their statements go out
+/// on different connections. The stored device is the one saved last, never an older snapshot that overtook it
+/// (its pre-key watermarks would go back, and the next restart would hand out pre-key ids already in use).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_saves_land_in_call_order() {
+    let (db, pool) = setup().await;
+    let groups = GroupCommit::new(pool.clone());
+    let k = keys(KEY_A, &[]);
+    const CHANNELS: usize = 8;
+    const ROUNDS: u32 = 40;
+    const SAVES: u32 = 6;
+    let mut tasks = Vec::new();
+    for c in 0..CHANNELS {
+        let id = format!("ch_order{c}");
+        channel(&pool, &id).await;
+        let store = PgStore::new(pool.clone(), k.clone(), &id).with_group_commit(groups.clone());
+        // Other channels' writes keep several groups open at once, as under load.
+        let noise = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut base = Device::new();
+            base.pn = Some(format!("55119999{c:04}:3@s.whatsapp.net").parse().unwrap());
+            for round in 0..ROUNDS {
+                // All started in call order (join_all polls them in sequence); none awaited before the next starts.
+                let saves = (0..SAVES).map(|i| {
+                    let mut d = base.clone();
+                    d.next_pre_key_id = round * SAVES + i + 1;
+                    let store = store.clone();
+                    async move { store.save(&d).await }
+                });
+                let writes = async {
+                    for w in 0..3u8 {
+                        noise
+                            .put_identity(&format!("{round}.{w}@s.whatsapp.net"), [w; 32])
+                            .await
+                            .unwrap();
+                    }
+                };
+                let (results, ()) = tokio::join!(futures::future::join_all(saves), writes);
+                for r in results {
+                    r.unwrap();
+                }
+                assert_eq!(
+                    store.load().await.unwrap().unwrap().next_pre_key_id,
+                    (round + 1) * SAVES,
+                    "channel {c}, round {round}: an older device save landed last"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
     db.drop_db().await;
 }
 

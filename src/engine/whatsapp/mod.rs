@@ -482,6 +482,7 @@ impl Driver {
                         && have.lid == want.lid
                         && have.account.is_some() == want.account.is_some() =>
                 {
+                    tracing::debug!(%channel_id, attempt, has_pn = have.pn.is_some(), "stored device settled");
                     return;
                 }
                 Ok(_) if attempt > 0 => {
@@ -512,6 +513,7 @@ impl Driver {
         client.enable_auto_reconnect.store(false, Ordering::Relaxed);
         *self.shared.client.lock().await = Some(client.clone());
         let started_unpaired = client.pn().is_none();
+        tracing::debug!(channel_id = %self.shared.channel_id, started_unpaired, "whatsapp client starting");
         let mut handle = bot.spawn();
         let mut st = RunState::default();
         loop {
@@ -530,6 +532,14 @@ impl Driver {
                     }
                 }
                 _ = &mut handle => {
+                    tracing::debug!(
+                        channel_id = %self.shared.channel_id,
+                        paired = st.paired,
+                        connected = st.connected,
+                        has_pn = client.pn().is_some(),
+                        queued = raw_rx.len(),
+                        "whatsapp client run loop ended"
+                    );
                     // Events dispatched before the run loop ended are already queued.
                     while let Ok(ev) = raw_rx.try_recv() {
                         if let Some(end) = self.on_event(&client, &ev, &mut st).await {

@@ -113,6 +113,16 @@ impl Group {
             self.client.end_with("ROLLBACK").await;
             false
         };
+        if !committed {
+            // Its members write again alone, after writes that started later may have landed: worth seeing when
+            // the order of one row's writes matters (the device: see PgStore::save).
+            let members = self.state.lock().unwrap_or_else(|e| e.into_inner()).joined;
+            tracing::debug!(
+                members,
+                failed,
+                "group rolled back; its members write alone"
+            );
+        }
         self.done.send_replace(Some(committed));
     }
 

@@ -74,6 +74,8 @@ pub struct PgStore {
     groups: Option<GroupCommit>,
     /// A linked device (one with a phone number) was stored or loaded, and not wiped since: see `save`.
     linked: Arc<std::sync::atomic::AtomicBool>,
+    /// Device saves run one at a time, in the order they were called: see `save`.
+    device_saves: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Closes a store for good. The client keeps detached tasks (a pre-key upload, a write-behind flush) that can
@@ -158,6 +160,7 @@ impl PgStore {
             sweeper: None,
             groups: None,
             linked: Arc::default(),
+            device_saves: Arc::default(),
         }
     }
 
@@ -418,10 +421,21 @@ impl DeviceStore for PgStore {
     /// saver serialises the device, then writes it; a write of the device as it was before the pairing that lands
     /// after the pairing's own (it waited for a connection under load) made the next login client load an unlinked
     /// device and show a QR code again, for a pairing the phone had completed (1 channel of 1,005, twice).
+    /// The crate saves the whole device from two places at once: its background saver and every `flush` (ours
+    /// after a pairing, its own after a pre-key upload). Each serialises a snapshot and then writes it, so an
+    /// older snapshot's write can still be in flight when a newer one starts; with group commit the older
+    /// statement can even reach PostgreSQL after the newer one has committed, on another connection. Two rules
+    /// keep the stored device from going back in time:
+    /// - saves of this store run one at a time, in call order (so the pre-key watermarks never regress);
+    /// - an unlinked device (no phone number) never replaces a linked one, checked in the statement itself, so it
+    ///   holds for any store instance or process; only a wipe (logout) unlinks. A pre-pairing write that landed
+    ///   after the pairing's own made the client that logs in after the 515 show a QR code again.
     async fn save(&self, device: &Device) -> Result<()> {
         const OP: &str = "save device";
         use std::sync::atomic::Ordering::SeqCst;
-        if device.pn.is_some() {
+        let _one_at_a_time = self.device_saves.lock().await;
+        let linked = device.pn.is_some();
+        if linked {
             self.linked.store(true, SeqCst);
         } else if self.linked.load(SeqCst) {
             tracing::debug!(channel_id = %self.channel_id, "an unlinked device's save after the pairing is dropped");
@@ -429,13 +443,20 @@ impl DeviceStore for PgStore {
         }
         let json = to_json(OP, device)?;
         let (kid, sealed) = self.seal("wa_device", &[], &json);
-        self.exec(
-            OP,
-            "INSERT INTO wa_device (channel_id, kid, sealed) VALUES ($1, $2, $3)
-             ON CONFLICT (channel_id) DO UPDATE SET kid = excluded.kid, sealed = excluded.sealed, updated_at = now()",
-            &[&&*self.channel_id, &kid, &sealed],
-        )
-        .await?;
+        let written = self
+            .exec(
+                OP,
+                "INSERT INTO wa_device (channel_id, kid, sealed, linked) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (channel_id) DO UPDATE
+                 SET kid = excluded.kid, sealed = excluded.sealed, linked = excluded.linked, updated_at = now()
+                 WHERE excluded.linked OR NOT wa_device.linked",
+                &[&&*self.channel_id, &kid, &sealed, &linked],
+            )
+            .await?;
+        if written == 0 {
+            self.linked.store(true, SeqCst);
+            tracing::debug!(channel_id = %self.channel_id, "an unlinked device's save found a linked one stored; dropped");
+        }
         Ok(())
     }
 
