@@ -72,8 +72,6 @@ pub struct PgStore {
     sweeper: Option<Sweeper>,
     /// None: every write is a transaction of its own.
     groups: Option<GroupCommit>,
-    /// A linked device (one with a phone number) was stored or loaded, and not wiped since: see `save`.
-    linked: Arc<std::sync::atomic::AtomicBool>,
     /// Device saves run one at a time, in the order they were called: see `save`.
     device_saves: Arc<tokio::sync::Mutex<()>>,
 }
@@ -159,7 +157,6 @@ impl PgStore {
             ledger: Arc::default(),
             sweeper: None,
             groups: None,
-            linked: Arc::default(),
             device_saves: Arc::default(),
         }
     }
@@ -193,8 +190,6 @@ impl PgStore {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         self.ledger.clear();
-        self.linked
-            .store(false, std::sync::atomic::Ordering::SeqCst);
         wipe(&self.pool, &self.channel_id).await
     }
 
@@ -205,8 +200,6 @@ impl PgStore {
     /// [`wipe`] for this store's channel.
     pub async fn wipe(&self) -> Result<u64> {
         self.ledger.clear();
-        self.linked
-            .store(false, std::sync::atomic::Ordering::SeqCst);
         wipe(&self.pool, &self.channel_id).await
     }
 
@@ -417,10 +410,6 @@ fn restore_runtime_fields(device: &mut Device) {
 
 #[async_trait]
 impl DeviceStore for PgStore {
-    /// A device without a phone number never replaces a linked one: only a wipe unlinks. The crate's background
-    /// saver serialises the device, then writes it; a write of the device as it was before the pairing that lands
-    /// after the pairing's own (it waited for a connection under load) made the next login client load an unlinked
-    /// device and show a QR code again, for a pairing the phone had completed (1 channel of 1,005, twice).
     /// The crate saves the whole device from two places at once: its background saver and every `flush` (ours
     /// after a pairing, its own after a pre-key upload). Each serialises a snapshot and then writes it, so an
     /// older snapshot's write can still be in flight when a newer one starts; with group commit the older
@@ -432,15 +421,8 @@ impl DeviceStore for PgStore {
     ///   after the pairing's own made the client that logs in after the 515 show a QR code again.
     async fn save(&self, device: &Device) -> Result<()> {
         const OP: &str = "save device";
-        use std::sync::atomic::Ordering::SeqCst;
         let _one_at_a_time = self.device_saves.lock().await;
         let linked = device.pn.is_some();
-        if linked {
-            self.linked.store(true, SeqCst);
-        } else if self.linked.load(SeqCst) {
-            tracing::debug!(channel_id = %self.channel_id, "an unlinked device's save after the pairing is dropped");
-            return Ok(());
-        }
         let json = to_json(OP, device)?;
         let (kid, sealed) = self.seal("wa_device", &[], &json);
         let written = self
@@ -454,7 +436,6 @@ impl DeviceStore for PgStore {
             )
             .await?;
         if written == 0 {
-            self.linked.store(true, SeqCst);
             tracing::debug!(channel_id = %self.channel_id, "an unlinked device's save found a linked one stored; dropped");
         }
         Ok(())
@@ -475,9 +456,6 @@ impl DeviceStore for PgStore {
         let json = self.open(OP, "wa_device", &[], &row)?;
         let mut device: Device = from_json(OP, &json)?;
         restore_runtime_fields(&mut device);
-        if device.pn.is_some() {
-            self.linked.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
         Ok(Some(device))
     }
 
